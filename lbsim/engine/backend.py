@@ -1,0 +1,159 @@
+"""A backend: jobs sharing a load-dependent service rate mu_j(x_j), with exact event times.
+
+Disciplines (DESIGN.md section 1) are one mechanism with two knobs:
+
+* the *service set* holds at most ``capacity`` jobs (``ps``: all of them,
+  ``fifo``: the head of line, ``ps`` with ``max_load = L``: floor(L/sbar));
+  the rest wait in FIFO order;
+* the total rate is ``multiplier * mu_j(m * sbar)`` with ``m`` the number of
+  jobs present (``ps``, ``fifo``) or in service (``max_load``), shared
+  equally by the jobs in service.
+
+Processor sharing is tracked in *virtual time*: ``virtual`` is the service
+each job in service has received since the backend started, growing at
+``rate / len(service)``. A job entering service at virtual time V with size s
+leaves when ``virtual`` reaches ``V + s``, whatever happens to the rate in
+between, so only the smallest such tag matters and the next completion is
+``(tag - virtual) * len(service) / rate`` away. The rate is constant between
+events, so event times are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections import deque
+from heapq import heappop, heappush
+
+from simpy.core import NORMAL
+
+from .jobs import Job, Wakeup
+
+INF = math.inf
+
+
+class Backend:
+    __slots__ = (
+        "index", "env", "rate_function", "mean_size", "capacity", "rate_counts_all", "multiplier",
+        "jobs", "service", "waiting", "virtual", "t_last", "rate", "_rates", "_scheduled", "_version",
+        "on_done", "history_t", "history_n", "history_window", "_prune_at", "busy_since_done",
+        "completed",
+    )  # fmt: skip
+
+    def __init__(self, index, spec, mean_size, env, on_done, history_window):
+        self.index = index
+        self.env = env
+        self.rate_function = spec.service
+        self.mean_size = mean_size
+        if spec.discipline == "fifo":
+            self.capacity, self.rate_counts_all = 1, True
+        elif spec.max_load is not None:
+            self.capacity, self.rate_counts_all = max(1, int(spec.max_load / mean_size + 1e-9)), False
+        else:
+            self.capacity, self.rate_counts_all = INF, True
+        self.multiplier = 1.0
+        self.jobs = 0  # n_j: jobs present, in service or waiting
+        self.service: list[tuple[float, int, Job]] = []  # heap of (finish tag, job_id, job)
+        self.waiting: deque[Job] = deque()
+        self.virtual = 0.0
+        self.t_last = 0.0
+        self.rate = 0.0
+        self._rates = [0.0]  # mu_j(n * sbar) by n, filled lazily: x_j only takes these values
+        self._scheduled: tuple | None = None  # (rate, in service, head tag) of the pending completion
+        self._version = 0
+        self.on_done = on_done
+        self.completed = 0
+        # Telemetry history: (time, jobs) at every change, pruned to the longest delay.
+        self.history_window = history_window
+        self.history_t = [-INF]
+        self.history_n = [0]
+        self._prune_at = 64
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def load(self) -> float:
+        """x_j = n_j * sbar."""
+        return self.jobs * self.mean_size
+
+    def rate_at(self, n: int) -> float:
+        rates = self._rates
+        while len(rates) <= n:
+            rates.append(float(self.rate_function.value(len(rates) * self.mean_size)))
+        return rates[n]
+
+    def jobs_at(self, t: float) -> int:
+        """n_j as it was at time t (t within the history window)."""
+        return self.history_n[bisect_right(self.history_t, t) - 1]
+
+    # -- events -----------------------------------------------------------------------
+    def arrive(self, job: Job) -> None:
+        now = self.env._now
+        job.t_backend_arrival = now
+        self._advance(now)
+        self.jobs += 1
+        if len(self.service) < self.capacity:
+            heappush(self.service, (self.virtual + job.size, job.job_id, job))
+        else:
+            self.waiting.append(job)
+        self._changed(now)
+
+    def _complete(self, event: Wakeup) -> None:
+        if event.payload != self._version:
+            return  # superseded: the rate or the head changed after this was scheduled
+        now = self.env._now
+        tag, _, job = heappop(self.service)
+        # The job is done by definition; setting virtual to its tag avoids drift.
+        self.virtual = tag
+        self.t_last = now
+        self.jobs -= 1
+        self.completed += 1
+        if self.waiting:
+            nxt = self.waiting.popleft()
+            heappush(self.service, (tag + nxt.size, nxt.job_id, nxt))
+        self._scheduled = None
+        self._changed(now)
+        self.on_done(job, now)
+
+    def set_multiplier(self, multiplier: float) -> None:
+        """Scale mu_j from now on (antagonist load)."""
+        now = self.env._now
+        self._advance(now)
+        self.multiplier = multiplier
+        self._changed(now, record=False)
+
+    # -- internals --------------------------------------------------------------------
+    def _advance(self, now: float) -> None:
+        if self.service and self.rate > 0.0:
+            self.virtual += (now - self.t_last) * self.rate / len(self.service)
+        self.t_last = now
+
+    def _changed(self, now: float, record: bool = True) -> None:
+        """Recompute the rate and reschedule the next completion if it moved."""
+        in_service = len(self.service)
+        self.rate = rate = self.multiplier * self.rate_at(self.jobs if self.rate_counts_all else in_service)
+        if record and self.history_window is not None:
+            self.history_t.append(now)
+            self.history_n.append(self.jobs)
+            if len(self.history_t) >= self._prune_at:
+                self._prune(now)
+        if not in_service or rate <= 0.0:
+            self._scheduled = None
+            self._version += 1
+            return
+        head = self.service[0][0]
+        state = (rate, in_service, head)
+        if state == self._scheduled:
+            return  # same rate, same sharing, same head: the pending completion still holds
+        self._scheduled = state
+        self._version += 1
+        delay = (head - self.virtual) * in_service / rate
+        self.env.schedule(Wakeup(self._complete, self._version), NORMAL, delay if delay > 0.0 else 0.0)
+
+    def _prune(self, now: float) -> None:
+        # Keep the last change at or before now - window: it is the state a
+        # frontend with the longest delay still sees.
+        k = bisect_right(self.history_t, now - self.history_window) - 1
+        if k > 0:
+            del self.history_t[:k]
+            del self.history_n[:k]
+        self._prune_at = max(64, 2 * len(self.history_t))

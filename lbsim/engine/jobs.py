@@ -1,0 +1,40 @@
+"""A job (one request) on its way through the system."""
+
+from __future__ import annotations
+
+
+class Job:
+    """One request. Sizes are in work units; times in seconds.
+
+    ``__slots__`` keeps a job small and fast to create: there is one per
+    arrival on the hot path.
+    """
+
+    __slots__ = ("job_id", "frontend", "size", "t_arrival", "backend", "t_backend_arrival")
+
+    def __init__(self, job_id: int, frontend: int, size: float, t_arrival: float):
+        self.job_id = job_id
+        self.frontend = frontend
+        self.size = size
+        self.t_arrival = t_arrival
+        self.backend = -1
+        self.t_backend_arrival = float("nan")
+
+    def __repr__(self) -> str:
+        return f"Job({self.job_id}, frontend={self.frontend}, backend={self.backend}, size={self.size:.4g})"
+
+
+class Wakeup:
+    """The lightest object SimPy's kernel accepts as an event: a callback list and ``_ok``.
+
+    ``Environment.step`` only reads ``callbacks`` and ``_ok``; a full
+    ``simpy.Event`` costs several attribute writes more, on every job.
+    ``payload`` carries what the callback needs (a job, a version number).
+    """
+
+    __slots__ = ("callbacks", "payload")
+    _ok = True
+
+    def __init__(self, callback, payload=None):
+        self.callbacks = [callback]
+        self.payload = payload

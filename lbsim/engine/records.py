@@ -1,0 +1,109 @@
+"""Columnar records of what happened, turned into tidy DataFrames at the end.
+
+``array.array`` columns hold 8 bytes a value (a list of Python floats holds
+about 32), so a run of millions of jobs stays small.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+import pandas as pd
+
+JOB_COLUMNS = (
+    "job_id", "frontend", "backend", "size", "t_arrival", "t_backend_arrival", "t_backend_done", "t_response",
+)  # fmt: skip
+
+
+class JobRecords:
+    """One row per job whose service at the backend has ended."""
+
+    def __init__(self):
+        self.job_id = array("q")
+        self.frontend = array("i")
+        self.backend = array("i")
+        self.size = array("d")
+        self.t_arrival = array("d")
+        self.t_backend_arrival = array("d")
+        self.t_backend_done = array("d")
+        self.t_response = array("d")
+
+    def __len__(self) -> int:
+        return len(self.job_id)
+
+    def add(self, job, t_done: float, t_response: float) -> None:
+        self.job_id.append(job.job_id)
+        self.frontend.append(job.frontend)
+        self.backend.append(job.backend)
+        self.size.append(job.size)
+        self.t_arrival.append(job.t_arrival)
+        self.t_backend_arrival.append(job.t_backend_arrival)
+        self.t_backend_done.append(t_done)
+        self.t_response.append(t_response)
+
+    def frame(self, horizon: float) -> pd.DataFrame:
+        """Jobs whose response reached their frontend by ``horizon``, in job_id order."""
+        cols = {name: np.frombuffer(getattr(self, name), dtype=_DTYPES[name]) for name in JOB_COLUMNS}
+        done = cols["t_response"] <= horizon
+        order = np.argsort(cols["job_id"][done], kind="stable")
+        data = {name: col[done][order] for name, col in cols.items()}
+        data["latency"] = data["t_response"] - data["t_arrival"]
+        data["sojourn"] = data["t_backend_done"] - data["t_backend_arrival"]
+        return pd.DataFrame(data)
+
+
+_DTYPES = {
+    "job_id": np.int64, "frontend": np.int32, "backend": np.int32, "size": np.float64, "t_arrival": np.float64,
+    "t_backend_arrival": np.float64, "t_backend_done": np.float64, "t_response": np.float64,
+}  # fmt: skip
+
+
+class SampleRecords:
+    """The time series: every backend's load and job count every ``sample_interval``."""
+
+    def __init__(self):
+        self.t = array("d")
+        self.backend = array("i")
+        self.jobs = array("q")
+
+    def add(self, t: float, backends) -> None:
+        for b in backends:
+            self.t.append(t)
+            self.backend.append(b.index)
+            self.jobs.append(b.jobs)
+
+    def frame(self, mean_size: float) -> pd.DataFrame:
+        jobs = np.frombuffer(self.jobs, dtype=np.int64)
+        return pd.DataFrame(
+            {
+                "t": np.frombuffer(self.t, dtype=np.float64),
+                "backend": np.frombuffer(self.backend, dtype=np.int32),
+                "load": jobs * mean_size,
+                "jobs": jobs,
+            }
+        )
+
+
+class SplitRecords:
+    """A router's split p_ij over the usable edges, every ``sample_interval``."""
+
+    def __init__(self, connect: np.ndarray):
+        self.frontend, self.backend = np.nonzero(connect)
+        self.t: list[float] = []
+        self.prob: list[np.ndarray] = []
+
+    def add(self, t: float, split: np.ndarray) -> None:
+        self.t.append(t)
+        self.prob.append(np.asarray(split, dtype=float)[self.frontend, self.backend])
+
+    def frame(self) -> pd.DataFrame:
+        k = len(self.frontend)
+        return pd.DataFrame(
+            {
+                "t": np.repeat(np.asarray(self.t, dtype=float), k),
+                "frontend": np.tile(self.frontend.astype(np.int32), len(self.t)),
+                "backend": np.tile(self.backend.astype(np.int32), len(self.t)),
+                "prob": np.concatenate(self.prob) if self.prob else np.empty(0),
+            }
+        )

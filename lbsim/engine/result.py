@@ -1,0 +1,142 @@
+"""The outcome of one run: tidy tables, counters, a summary, and writing them out."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+#: summary fields that measure the machine, not the model: excluded from reproducibility checks
+TIMING_FIELDS = ("wall_seconds", "jobs_per_second")
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999}
+
+
+@dataclass
+class Result:
+    """``jobs`` (one row per completed job), ``timeseries`` (t, backend, load, jobs),
+    ``routing`` (t, frontend, backend, prob; empty for routers without a split)."""
+
+    jobs: pd.DataFrame
+    timeseries: pd.DataFrame
+    routing: pd.DataFrame
+    scenario: Any
+    router: str
+    seed: int
+    counts: dict[str, int]
+    wall_seconds: float
+    _summary: dict[str, Any] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_simulation(cls, sim) -> Result:
+        horizon = sim.horizon
+        jobs = sim.records.frame(horizon)
+        at_backends = sum(b.jobs for b in sim.backends)
+        responses_in_flight = len(sim.records) - len(jobs)
+        counts = {
+            "jobs_arrived": sim.arrived,
+            "jobs_completed": len(jobs),
+            "jobs_to_backends_end": sim.to_backends,
+            "jobs_at_backends_end": at_backends,
+            "jobs_responding_end": responses_in_flight,
+            "jobs_in_system_end": sim.to_backends + at_backends + responses_in_flight,
+        }
+        routing = sim.splits.frame() if sim.splits is not None else _empty_routing()
+        return cls(
+            jobs=jobs,
+            timeseries=sim.samples.frame(sim.mean_size),
+            routing=routing,
+            scenario=sim.scenario,
+            router=sim.router.name,
+            seed=sim.seed,
+            counts=counts,
+            wall_seconds=sim.wall_seconds,
+        )
+
+    @property
+    def warmup(self) -> float:
+        return self.scenario.simulation.warmup
+
+    def measured(self) -> pd.DataFrame:
+        """Jobs that arrived after the warm-up: what the statistics are computed on."""
+        return self.jobs[self.jobs["t_arrival"] >= self.warmup]
+
+    def summary(self) -> dict[str, Any]:
+        """The figures of DESIGN.md section 3, computed on jobs arriving after warm-up."""
+        if self._summary is not None:
+            return self._summary
+        sim = self.scenario.simulation
+        measured = self.measured()
+        latency = measured["latency"].to_numpy()
+        window = sim.horizon - sim.warmup
+        landed = self.jobs["t_response"].to_numpy() >= sim.warmup
+        nan = float("nan")
+        summary: dict[str, Any] = {
+            "scenario": self.scenario.name,
+            "router": self.router,
+            "seed": self.seed,
+            "job_scale": sim.job_scale,
+            "horizon": sim.horizon,
+            "warmup": sim.warmup,
+            **self.counts,
+            "jobs_measured": int(len(latency)),
+            "mean_latency": float(latency.mean()) if len(latency) else nan,
+            **{
+                name: float(np.quantile(latency, q)) if len(latency) else nan
+                for name, q in QUANTILES.items()
+            },
+            "mean_sojourn": float(measured["sojourn"].mean()) if len(latency) else nan,
+            "mean_network": float((measured["latency"] - measured["sojourn"]).mean()) if len(latency) else nan,
+            "throughput": float(self.jobs["size"].to_numpy()[landed].sum() / window),
+            "throughput_jobs": float(landed.sum() / window),
+            "offered_load": float(self.scenario.demand.sum()),
+            "wall_seconds": round(self.wall_seconds, 6),
+            "jobs_per_second": round(self.counts["jobs_arrived"] / self.wall_seconds, 1)
+            if self.wall_seconds > 0
+            else nan,
+        }
+        self._summary = summary
+        return summary
+
+    def write(self, out: str | Path) -> Path:
+        """Write jobs/timeseries/(routing).parquet and summary.json; each file appears whole or not at all."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        tables = {"jobs": self.jobs, "timeseries": self.timeseries}
+        if len(self.routing):
+            tables["routing"] = self.routing
+        for name, frame in tables.items():
+            _atomic(out / f"{name}.parquet", lambda p, f=frame: pq.write_table(_arrow(f), p))
+        text = json.dumps(self.summary(), indent=2, allow_nan=True) + "\n"
+        _atomic(out / "summary.json", lambda p: Path(p).write_text(text))
+        return out
+
+
+def _arrow(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _empty_routing() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "t": np.empty(0),
+            "frontend": np.empty(0, np.int32),
+            "backend": np.empty(0, np.int32),
+            "prob": np.empty(0),
+        }
+    )

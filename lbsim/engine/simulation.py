@@ -1,0 +1,323 @@
+"""The SimPy model: frontends, network, backends and telemetry wired together.
+
+The path of one job, in the order it happens (each step one method below):
+
+1. :meth:`Simulation._arrive`: frontend i's Poisson stream fires; the job
+   gets its size, the router picks backend j from the view of the telemetry;
+2. the request travels d_ij (plus jitter) and :meth:`Backend.arrive` admits it;
+3. the backend serves it (``backend.py``) and calls :meth:`Simulation._done`;
+4. the response travels d_ij back; the job is recorded with its
+   ``t_response`` and, if the router listens, :meth:`Simulation._respond`
+   tells it when the response lands.
+
+Everything runs on SimPy's kernel with callbacks on lightweight events, not
+one process per job: a job costs two heap events (arrival, completion) plus
+one per network hop with a nonzero delay.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import simpy
+from simpy.core import NORMAL, URGENT
+
+from ..routers.base import ProbeReply, Router, RouterContext, make_router
+from ..scenario import Scenario
+from .backend import Backend
+from .jobs import Job, Wakeup
+from .records import JobRecords, SampleRecords, SplitRecords
+from .telemetry import DelayedView, LocalView, PeriodicView, make_view
+
+#: Subsystems that draw random numbers, each from its own spawned stream
+#: (DESIGN.md invariant 4). The order is part of the reproducibility contract.
+STREAMS = ("arrivals", "sizes", "router", "network", "antagonist")
+
+BATCH = 4096  # random draws are made in numpy batches: one numpy call per job would dominate
+
+
+def spawn_streams(seed: int, frontends: int, backends: int) -> dict[str, list[np.random.Generator]]:
+    """One generator per subsystem (and per frontend / backend where they are independent)."""
+    children = dict(zip(STREAMS, np.random.SeedSequence(seed).spawn(len(STREAMS))))
+    per = {"arrivals": frontends, "sizes": frontends, "antagonist": backends}
+    return {
+        name: [np.random.default_rng(s) for s in ss.spawn(per[name])] if name in per else [np.random.default_rng(ss)]
+        for name, ss in children.items()
+    }
+
+
+class ArrivalStream:
+    """Frontend i's arrivals: Poisson of rate lambda_i / sbar, times a piecewise-constant schedule.
+
+    Arrival times are unit-rate Poisson points mapped through the inverse of the
+    cumulative intensity (the time-change theorem), so the same seed gives the
+    same jobs whatever the schedule does later, and times are exact.
+    """
+
+    def __init__(self, frontend: int, job_rate: float, schedule, arrival_rng, size_rng, sample_size):
+        self.frontend = frontend
+        self.job_rate = job_rate
+        self.arrival_rng = arrival_rng
+        self.size_rng = size_rng
+        self.sample_size = sample_size
+        self.pending_size = 0.0  # size of the job whose arrival is scheduled
+        self._operational = 0.0  # cumulative unit-rate time of the last arrival drawn
+        self._times: list[float] = []
+        self._sizes: list[float] = []
+        # Breakpoints of M(t) = integral of the multiplier m(s) ds (m = 1 before the first).
+        steps = [(0.0, 1.0)] + [(t, m) for t, m in (schedule or []) if t > 0.0]
+        if schedule and schedule[0][0] == 0.0:
+            steps[0] = (0.0, schedule[0][1])
+        self._starts = np.array([t for t, _ in steps])
+        self._multipliers = np.array([m for _, m in steps])
+        widths = np.diff(self._starts)
+        self._cumulative = np.concatenate([[0.0], np.cumsum(widths * self._multipliers[:-1])])
+
+    def _refill(self) -> None:
+        gaps = self.arrival_rng.exponential(1.0, BATCH)
+        operational = self._operational + np.cumsum(gaps)
+        self._operational = float(operational[-1])
+        self._times = self._invert(operational / self.job_rate)[::-1].tolist()
+        self._sizes = self.sample_size(self.size_rng, BATCH)[::-1].tolist()
+
+    def _invert(self, m: np.ndarray) -> np.ndarray:
+        """t with M(t) = m, the earliest such t (flat stretches of M have m(t) = 0)."""
+        k = np.searchsorted(self._cumulative, m, side="right") - 1
+        rate = self._multipliers[k]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = self._starts[k] + (m - self._cumulative[k]) / rate
+        return np.where(rate > 0, t, np.inf)
+
+    def next(self) -> tuple[float, float]:
+        """(arrival time, size) of the next job."""
+        if not self._times:
+            self._refill()
+        return self._times.pop(), self._sizes.pop()
+
+
+class Simulation:
+    """One run of one scenario with one router and one seed."""
+
+    def __init__(self, scenario: Scenario, router: str | None = None, seed: int | None = None, **router_params):
+        self.scenario = scenario
+        sim = scenario.simulation
+        self.seed = sim.seed if seed is None else int(seed)
+        self.horizon = sim.horizon
+        self.mean_size = scenario.mean_size
+        F, B = scenario.num_frontends, scenario.num_backends
+        self.env = env = simpy.Environment()
+        streams = spawn_streams(self.seed, F, B)
+
+        latency = scenario.latency
+        self.delay = latency.tolist()
+        self.connect = scenario.connect.tolist()
+        self.view = make_view(scenario.network.telemetry, [], latency, self.mean_size, env, scenario.network.period)
+        window = self.view.history_window
+        self.backends = [
+            Backend(j, spec, self.mean_size, env, self._done, window) for j, spec in enumerate(scenario.backends)
+        ]
+        self.view.backends.extend(self.backends)
+
+        router_name = router or scenario.router.name
+        params = dict(scenario.router.params) if router_name == scenario.router.name else {}
+        params.update(router_params)
+        ctx = RouterContext(
+            num_frontends=F,
+            num_backends=B,
+            latency=latency,
+            connect=scenario.connect,
+            rates=scenario.service_rates,
+            mean_size=self.mean_size,
+            demand=scenario.demand,
+            rng=streams["router"][0],
+            now=lambda: env._now,
+            probe=self.probe,
+            scenario=scenario,
+        )
+        self.router: Router = make_router(router_name, params, ctx)
+        self.route = self.router.route
+        # Responses are events only when someone listens for them; otherwise
+        # the response time is computed when the backend finishes.
+        self.local_view = isinstance(self.view, LocalView)
+        self.response_events = self.local_view or type(self.router).on_response is not Router.on_response
+
+        self.jitter = None
+        if (jitter := scenario.network.jitter_distribution) is not None:
+            dist, mean = jitter
+            self.jitter = _Buffered(lambda n, r=streams["network"][0]: dist.sample(r, n, mean))
+
+        size = scenario.jobs.distribution
+        size_mean, scale = scenario.jobs.mean, scenario.simulation.job_scale
+        self.streams = [
+            ArrivalStream(
+                i,
+                f.rate / self.mean_size,
+                sim.rate_schedule,
+                streams["arrivals"][i],
+                streams["sizes"][i],
+                lambda rng, n: size.sample(rng, n, size_mean) * scale,
+            )
+            for i, f in enumerate(scenario.frontends)
+        ]
+        self.antagonist_rngs = streams["antagonist"]
+
+        self.records = JobRecords()
+        self.samples = SampleRecords()
+        self.splits = SplitRecords(scenario.connect) if self.router.split() is not None else None
+        self.arrived = 0
+        self.to_backends = 0  # requests on the network, not yet at their backend
+        self.next_job_id = 0
+        self.wall_seconds = float("nan")
+
+    # -- the path of a job ------------------------------------------------------------
+    def _arrive(self, event: Wakeup) -> None:
+        stream: ArrivalStream = event.payload
+        now = self.env._now
+        i = stream.frontend
+        job = Job(self.next_job_id, i, stream.pending_size, now)
+        self.next_job_id += 1
+        self.arrived += 1
+        j = self.route(i, job, self.view)
+        if not self.connect[i][j]:
+            raise RuntimeError(f"router {self.router.name!r} sent a job from frontend {i} to forbidden backend {j}")
+        job.backend = j
+        if self.local_view:
+            self.view.outstanding[i][j] += 1
+        delay = self.delay[i][j]
+        if self.jitter is not None:
+            delay += self.jitter.next()
+        if delay > 0.0:
+            self.to_backends += 1
+            self.env.schedule(Wakeup(self._reach_backend, job), NORMAL, delay)
+        else:
+            self.backends[j].arrive(job)
+        self._schedule_arrival(event, stream)
+
+    def _reach_backend(self, event: Wakeup) -> None:
+        self.to_backends -= 1
+        job = event.payload
+        self.backends[job.backend].arrive(job)
+
+    def _done(self, job: Job, now: float) -> None:
+        delay = self.delay[job.frontend][job.backend]
+        if self.jitter is not None:
+            delay += self.jitter.next()
+        self.records.add(job, now, now + delay)
+        if self.response_events:
+            self.env.schedule(Wakeup(self._respond, job), NORMAL, delay)
+
+    def _respond(self, event: Wakeup) -> None:
+        job = event.payload
+        if self.local_view:
+            self.view.outstanding[job.frontend][job.backend] -= 1
+        self.router.on_response(job.frontend, job)
+
+    def _schedule_arrival(self, event: Wakeup, stream: ArrivalStream) -> None:
+        t, size = stream.next()
+        if t >= self.horizon:
+            return
+        stream.pending_size = size
+        event.callbacks = [self._arrive]  # the kernel cleared it; one pending arrival per frontend
+        self.env.schedule(event, NORMAL, t - self.env._now)
+
+    # -- probes (Prequal) -------------------------------------------------------------
+    def probe(self, frontend: int, backend: int, on_reply: Callable[[ProbeReply], None]) -> None:
+        """Send a probe that travels d_ij to the backend, reads its state there, and d_ij back."""
+        t_sent = self.env._now
+
+        def answer(_event):
+            b = self.backends[backend]
+            reply = ProbeReply(backend, b.jobs, b.latency_estimate(), t_sent, self.env._now)
+            self.env.schedule(Wakeup(lambda _e: on_reply(reply)), NORMAL, self._hop(frontend, backend))
+
+        self.env.schedule(Wakeup(answer), NORMAL, self._hop(frontend, backend))
+
+    def _hop(self, frontend: int, backend: int) -> float:
+        delay = self.delay[frontend][backend]
+        return delay + self.jitter.next() if self.jitter is not None else delay
+
+    # -- periodic activities ----------------------------------------------------------
+    def _every(self, interval: float, action: Callable[[float], None], start: float = 0.0, priority=NORMAL) -> None:
+        """Call ``action(t)`` at start, start + interval, ... < horizon (absolute times: no drift)."""
+        count = [0]
+
+        def fire(event):
+            action(self.env._now)
+            count[0] += 1
+            t_next = start + count[0] * interval
+            if t_next < self.horizon:
+                event.callbacks = [fire]
+                self.env.schedule(event, priority, t_next - self.env._now)
+
+        self.env.schedule(Wakeup(fire), priority, start - self.env._now)
+
+    def _sample(self, t: float) -> None:
+        self.samples.add(t, self.backends)
+        if self.splits is not None:
+            self.splits.add(t, self.router.split())
+        if self._progress is not None:
+            self._progress.update(t - self._progress.n)
+
+    def _start_antagonists(self) -> None:
+        for backend, spec, rng in zip(self.backends, self.scenario.backends, self.antagonist_rngs):
+            ant = spec.antagonist
+            if ant is None:
+                continue
+            if ant.schedule is not None:
+                for t, m in ant.schedule:
+                    self.env.schedule(Wakeup(lambda _e, b=backend, m=m: b.set_multiplier(m)), URGENT, t)
+            else:
+                self._switching(backend, ant.levels, ant.hold, rng)
+
+    def _switching(self, backend: Backend, levels: list[float], hold: float, rng: np.random.Generator) -> None:
+        """A multiplier that jumps between levels after exponential holding times (a CTMC)."""
+        state = [int(rng.integers(len(levels)))]
+        backend.set_multiplier(levels[state[0]])
+
+        def switch(event):
+            other = int(rng.integers(len(levels) - 1))
+            state[0] = other + (other >= state[0])
+            backend.set_multiplier(levels[state[0]])
+            event.callbacks = [switch]
+            self.env.schedule(event, URGENT, rng.exponential(hold))
+
+        self.env.schedule(Wakeup(switch), URGENT, rng.exponential(hold))
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, progress: bool = False):
+        from .result import Result
+
+        self._progress = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._progress = tqdm(total=self.horizon, unit="s", desc="simulating", leave=False, disable=None)
+        started = time.perf_counter()
+        for stream in self.streams:
+            self._schedule_arrival(Wakeup(self._arrive, stream), stream)
+        self._start_antagonists()
+        self._every(self.scenario.simulation.sample_interval, self._sample)
+        if self.router.tick_interval:
+            interval = self.router.tick_interval
+            self._every(interval, lambda t: self.router.tick(t, self.view), start=interval)
+        self.env.run(until=self.horizon)
+        self.wall_seconds = time.perf_counter() - started
+        if self._progress is not None:
+            self._progress.close()
+        return Result.from_simulation(self)
+
+
+class _Buffered:
+    """Draws from a numpy sampler in batches, served one at a time."""
+
+    def __init__(self, sampler: Callable[[int], np.ndarray]):
+        self.sampler = sampler
+        self._values: list[float] = []
+
+    def next(self) -> float:
+        if not self._values:
+            self._values = self.sampler(BATCH)[::-1].tolist()
+        return self._values.pop()

@@ -1,0 +1,174 @@
+"""The router interface and its registry.
+
+A router is one small class: a ``Params`` model (documented parameters with
+defaults, validated when the scenario is loaded) and a ``route`` method. It
+may also have a periodic ``tick`` (DGD-LB), a ``split`` that is recorded in
+``routing.parquet``, an ``on_response`` hook (client-local routers), and may
+send probes through the network (Prequal) with ``ctx.probe``.
+
+Routers see backends only through a :class:`~lbsim.engine.telemetry.View`,
+which serves state exactly as stale as the telemetry mode allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import ScenarioError, unknown
+
+if TYPE_CHECKING:
+    from ..engine.jobs import Job
+    from ..engine.telemetry import View
+    from ..rates import RateFamily
+
+ROUTERS: dict[str, type[Router]] = {}
+
+
+def register(cls: type[Router]) -> type[Router]:
+    """Class decorator: make a router available by its ``name`` (CLI, scenarios, docs)."""
+    ROUTERS[cls.name] = cls
+    return cls
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class ProbeReply:
+    """What a backend answers to a probe (Prequal): its requests in flight and a latency estimate."""
+
+    backend: int
+    rif: int
+    latency: float
+    t_sent: float
+    t_answered: float
+
+
+@dataclass
+class RouterContext:
+    """What a router may know about the system it routes for (static facts, not state)."""
+
+    num_frontends: int
+    num_backends: int
+    latency: np.ndarray  # (F, B) one-way delays d_ij
+    connect: np.ndarray  # (F, B) bool
+    rates: Sequence[RateFamily]  # mu_j, for routers that know the rate functions
+    mean_size: float  # sbar
+    demand: np.ndarray  # (F,) lambda_i, for routers that use it (weighted=optimal)
+    rng: np.random.Generator  # the router's own stream
+    now: Callable[[], float]
+    probe: Callable[[int, int, Callable[[ProbeReply], None]], None]  # (frontend, backend, on_reply)
+    scenario: Any = None  # the Scenario (for the optimum); routers should prefer the fields above
+
+    @property
+    def neighbours(self) -> list[list[int]]:
+        """N(i): the backends frontend i may use, in index order."""
+        return [list(np.flatnonzero(row)) for row in self.connect]
+
+
+class Router:
+    """Base class. Subclasses set ``name``, optionally ``Params``, and implement :meth:`route`."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = NoParams
+    #: seconds between calls of :meth:`tick`, or None for routers without one
+    tick_interval: float | None = None
+
+    _UNIFORM_BATCH = 4096
+
+    def __init__(self, params: BaseModel, ctx: RouterContext):
+        self.params = params
+        self.ctx = ctx
+        self.neighbours = [[int(j) for j in row] for row in ctx.neighbours]
+        self._uniforms: list[float] = []
+
+    # -- what a router implements -------------------------------------------------
+    def route(self, frontend: int, job: Job, view: View) -> int:
+        """The backend for this job (must be one of ``self.neighbours[frontend]``)."""
+        raise NotImplementedError
+
+    def tick(self, now: float, view: View) -> None:
+        """Called every ``tick_interval`` seconds when that is set."""
+
+    def on_response(self, frontend: int, job: Job) -> None:
+        """Called when a job's response reaches its frontend (only if a router overrides it)."""
+
+    def split(self) -> np.ndarray | None:
+        """The current routing probabilities (F, B), for routers that route by a split."""
+        return None
+
+    # -- helpers ------------------------------------------------------------------
+    def uniform(self) -> float:
+        """A U(0,1) draw from the router's own stream (drawn in batches: per-call numpy is slow)."""
+        if not self._uniforms:
+            self._uniforms = self.ctx.rng.random(self._UNIFORM_BATCH).tolist()
+        return self._uniforms.pop()
+
+    def choice(self, candidates: Sequence[int]) -> int:
+        return candidates[int(self.uniform() * len(candidates))]
+
+    def pick_min(self, candidates: Sequence[int], values: Sequence[float]) -> int:
+        """The candidate with the smallest value; ties broken uniformly at random."""
+        best = min(values)
+        ties = [c for c, v in zip(candidates, values) if v == best]
+        return ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
+
+    @classmethod
+    def describe(cls) -> str:
+        return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+def router_class(name: str, key: str = "router.name") -> type[Router]:
+    from . import ROUTERS as registry  # noqa: F401  (importing the package registers every router)
+
+    if name not in ROUTERS:
+        raise ScenarioError(key, unknown("router", name, ROUTERS))
+    return ROUTERS[name]
+
+
+def validate_params(name: str, params: dict[str, Any]) -> BaseModel:
+    """Check a router's parameters; errors name the key (``router.step: must be > 0, got -1``)."""
+    cls = router_class(name)
+    try:
+        return cls.Params.model_validate(params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        if err["type"] == "extra_forbidden":
+            raise ScenarioError(
+                f"router.{field}", unknown(f"parameter of router '{name}'", field, cls.Params.model_fields)
+            ) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        msg = msg.replace("Input should be", "must be").replace("greater than or equal to", ">=")
+        msg = msg.replace("greater than", ">").replace("less than or equal to", "<=").replace("less than", "<")
+        raise ScenarioError(f"router.{field}", f"{msg}, got {err.get('input')!r}") from None
+
+
+def make_router(name: str, params: dict[str, Any], ctx: RouterContext) -> Router:
+    cls = router_class(name)
+    return cls(validate_params(name, params), ctx)
+
+
+def parameter_table() -> list[dict[str, Any]]:
+    """Every registered router with its parameters, defaults and descriptions (``lbsim routers``)."""
+    from . import ROUTERS as registry  # noqa: F401
+
+    rows = []
+    for name in sorted(ROUTERS):
+        cls = ROUTERS[name]
+        params = [
+            {
+                "name": pname,
+                "default": None if field.is_required() else field.default,
+                "description": field.description or "",
+            }
+            for pname, field in cls.Params.model_fields.items()
+        ]
+        rows.append({"router": name, "description": cls.describe(), "params": params})
+    return rows

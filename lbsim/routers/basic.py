@@ -1,0 +1,77 @@
+"""Baselines that need no model of the backends: random, round robin, JSQ, power of d."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .base import Router, register
+
+
+@register
+class Random(Router):
+    """Send each job to a uniformly random usable backend."""
+
+    name = "random"
+
+    def route(self, frontend, job, view):
+        return self.choice(self.neighbours[frontend])
+
+
+@register
+class RoundRobin(Router):
+    """Cycle through the usable backends, each frontend on its own."""
+
+    name = "round_robin"
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self._next = [0] * ctx.num_frontends
+
+    def route(self, frontend, job, view):
+        candidates = self.neighbours[frontend]
+        k = self._next[frontend]
+        self._next[frontend] = (k + 1) % len(candidates)
+        return candidates[k]
+
+
+@register
+class JSQ(Router):
+    """Join the shortest queue: the usable backend with the fewest observed jobs (n_hat_ij)."""
+
+    name = "jsq"
+
+    def route(self, frontend, job, view):
+        candidates = self.neighbours[frontend]
+        return self.pick_min(candidates, view.jobs_of(frontend, candidates))
+
+
+class PowerOfDParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    d: int = Field(2, ge=1, description="backends sampled per job (without replacement)")
+
+
+@register
+class PowerOfD(Router):
+    """Power of d choices: sample d usable backends, join the one with the fewest observed jobs.
+
+    Mitzenmacher, "The power of two choices in randomized load balancing" (2001).
+    The per-job cost is O(d), whatever the number of backends.
+    """
+
+    name = "power_of_d"
+    Params = PowerOfDParams
+
+    def route(self, frontend, job, view):
+        candidates = self.neighbours[frontend]
+        n = len(candidates)
+        d = self.params.d
+        if d >= n:
+            sample = candidates
+        else:
+            # Floyd's algorithm: d distinct indices in O(d) draws, independent of n.
+            chosen: list[int] = []
+            for top in range(n - d, n):
+                k = int(self.uniform() * (top + 1))
+                chosen.append(top if k in chosen else k)
+            sample = [candidates[k] for k in chosen]
+        return self.pick_min(sample, view.jobs_of(frontend, sample))

@@ -1,0 +1,81 @@
+"""Fixed splits: each frontend samples a backend from a static distribution."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from itertools import accumulate
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import ScenarioError
+from .base import Router, register
+
+
+class SplitRouter(Router):
+    """A router that samples each job's backend from a per-frontend split p_i (recorded)."""
+
+    def set_split(self, p: np.ndarray) -> None:
+        """Install a split (F, B); rows are renormalised over each frontend's neighbours."""
+        p = np.where(self.ctx.connect, np.maximum(p, 0.0), 0.0)
+        self._split = p / p.sum(axis=1, keepdims=True)
+        # Cumulative weights over each frontend's neighbours: one bisect per job.
+        self._cumulative = [list(accumulate(self._split[i, nb])) for i, nb in enumerate(self.neighbours)]
+
+    def split(self) -> np.ndarray:
+        return self._split
+
+    def route(self, frontend, job, view):
+        cumulative = self._cumulative[frontend]
+        k = bisect_right(cumulative, self.uniform() * cumulative[-1])
+        return self.neighbours[frontend][min(k, len(cumulative) - 1)]
+
+
+class WeightedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    split: Literal["given", "capacity", "optimal"] = Field(
+        "capacity",
+        description="'given' (weights), 'capacity' (proportional to sup mu_j) or 'optimal' (the centralized optimum)",
+    )
+    weights: list[float] | list[list[float]] | None = Field(
+        None, description="split='given': B weights for every frontend, or an F x B matrix"
+    )
+
+    @model_validator(mode="after")
+    def _weights_for_given(self):
+        if self.weights is not None and "split" not in self.model_fields_set:
+            object.__setattr__(self, "split", "given")
+        if self.split == "given" and self.weights is None:
+            raise ValueError("split 'given' needs weights")
+        return self
+
+
+@register
+class Weighted(SplitRouter):
+    """A fixed split: given weights, proportional to capacity, or the centralized optimum's split.
+
+    With ``split = "optimal"`` it is the best static policy (DESIGN.md section 2).
+    """
+
+    name = "weighted"
+    Params = WeightedParams
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        F, B = ctx.num_frontends, ctx.num_backends
+        if params.split == "given":
+            w = np.array(params.weights, dtype=float)
+            w = np.broadcast_to(w, (F, B)) if w.ndim == 1 and w.shape == (B,) else w
+            if w.shape != (F, B):
+                raise ScenarioError("router.weights", f"must have {B} entries or be {F} x {B}, got shape {w.shape}")
+            if (w < 0).any() or not ((w * ctx.connect).sum(axis=1) > 0).all():
+                raise ScenarioError("router.weights", "must be >= 0 with a positive weight on a usable backend")
+        elif params.split == "capacity":
+            w = np.broadcast_to([r.supremum for r in ctx.rates], (F, B)).astype(float)
+            w = np.where(np.isfinite(w), w, 1.0)
+        else:
+            from ..optimum import optimum
+
+            w = optimum(ctx.scenario).routing
+        self.set_split(w)

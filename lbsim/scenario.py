@@ -1,0 +1,439 @@
+"""Scenarios: the TOML schema, loading, ``--set`` overrides and validation.
+
+A scenario is checked once, here, when it is loaded; the engine trusts what
+it is given. Every error names the offending key and what is wrong with it
+(``frontends[1].rate: must be > 0, got -2``) and is raised as
+:class:`~lbsim.errors.ScenarioError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+import warnings
+from collections.abc import Iterable, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .distributions import DISTRIBUTIONS, Distribution, make_distribution
+from .errors import ScenarioError, unknown
+from .rates import RateFamily, make_rate
+
+TELEMETRY_MODES = ("delayed", "periodic", "instant", "none")
+
+
+class CapacityWarning(UserWarning):
+    """The offered load reaches the capacity the frontends can use."""
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+Schedule = list[tuple[float, float]]
+
+
+def _check_schedule(schedule: Schedule | None, what: str) -> Schedule | None:
+    """A piecewise-constant multiplier: ``[[t0, m0], [t1, m1], ...]``, m >= 0, times increasing."""
+    if schedule is None:
+        return None
+    if not schedule:
+        raise ValueError("must list at least one [time, multiplier] pair")
+    times = [t for t, _ in schedule]
+    if any(b <= a for a, b in zip(times, times[1:])):
+        raise ValueError("times must be strictly increasing")
+    if times[0] < 0:
+        raise ValueError(f"times must be >= 0, got {times[0]}")
+    if any(m < 0 or not math.isfinite(m) for _, m in schedule):
+        raise ValueError(f"{what} multipliers must be finite and >= 0")
+    return [(float(t), float(m)) for t, m in schedule]
+
+
+class Simulation(_Table):
+    horizon: float = Field(2000.0, gt=0, description="seconds of simulated time")
+    warmup: float = Field(200.0, ge=0, description="statistics ignore jobs that arrive before this")
+    seed: int = Field(1, ge=0, description="master seed; every subsystem spawns its own stream")
+    job_scale: float = Field(1.0, gt=0, description="jobs are job_scale * X, X of mean size_mean")
+    sample_interval: float = Field(1.0, gt=0, description="period of the time series")
+    rate_schedule: Schedule | None = Field(
+        None, description="[[time, multiplier], ...]: multiplies every frontend's rate from that time on"
+    )
+    record_jobs: bool = Field(True, description="keep one record per job (jobs.parquet)")
+
+    @field_validator("rate_schedule")
+    @classmethod
+    def _schedule(cls, v):
+        return _check_schedule(v, "rate")
+
+    @model_validator(mode="after")
+    def _warmup_before_horizon(self):
+        if self.warmup >= self.horizon:
+            raise ScenarioError("simulation.warmup", f"must be < horizon ({self.horizon}), got {self.warmup}")
+        return self
+
+
+class Jobs(_Table):
+    """Job sizes: ``size`` names a distribution; its shape parameters sit beside it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    size: str = Field("exponential", description="size distribution: " + ", ".join(sorted(DISTRIBUTIONS)))
+    size_mean: float | None = Field(None, gt=0, description="mean size X in work units (default 1)")
+
+    @cached_property
+    def distribution(self) -> Distribution:
+        return make_distribution(self.size, dict(self.model_extra or {}), "jobs")
+
+    @property
+    def mean(self) -> float:
+        if self.size_mean is not None:
+            return self.size_mean
+        values = (self.model_extra or {}).get("values")
+        return float(np.mean(values)) if self.size == "empirical" and values else 1.0
+
+
+class Frontend(_Table):
+    name: str | None = None
+    rate: float = Field(gt=0, description="work units per second")
+
+
+class Antagonist(_Table):
+    """Load lbsim does not route that slows a backend: a multiplier on its rate mu_j.
+
+    Either a piecewise-constant ``schedule`` or a random switch between ``levels``
+    (a continuous-time Markov chain holding each level an exponential time of
+    mean ``hold``), drawn from the antagonist's own RNG stream.
+    """
+
+    schedule: Schedule | None = None
+    levels: list[float] | None = None
+    hold: float | None = Field(None, gt=0)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v):
+        return _check_schedule(v, "capacity")
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v):
+        if v is not None and (len(v) < 2 or any(m < 0 or not math.isfinite(m) for m in v)):
+            raise ValueError("must list at least two finite multipliers >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.schedule is None) == (self.levels is None):
+            raise ValueError("give either 'schedule' or 'levels' (with 'hold')")
+        if self.levels is not None and self.hold is None:
+            raise ScenarioError("hold", "required with 'levels'")
+        return self
+
+
+class Backend(_Table):
+    name: str | None = None
+    discipline: Literal["ps", "fifo"] = "ps"
+    service: RateFamily
+    max_load: float | None = Field(None, gt=0, description="ps only: at most floor(max_load/sbar) jobs in service")
+    antagonist: Antagonist | None = None
+
+    @field_validator("service", mode="before")
+    @classmethod
+    def _service(cls, v):
+        return make_rate(v, key="service")
+
+    @model_validator(mode="after")
+    def _max_load_needs_ps(self):
+        if self.max_load is not None and self.discipline != "ps":
+            raise ScenarioError("max_load", "only applies to discipline 'ps'")
+        return self
+
+
+class Network(_Table):
+    latency: list[list[float]] | float = Field(0.0, description="F x B one-way delays (s), or one number for all")
+    connect: list[list[bool]] | None = Field(None, description="F x B: may frontend i use backend j (default all)")
+    telemetry: Literal["delayed", "periodic", "instant", "none"] = "delayed"
+    period: float = Field(1.0, gt=0, description="periodic telemetry: report interval (s)")
+    jitter: dict[str, Any] | None = Field(
+        None, description="extra one-way delay per traversal, e.g. {kind='exponential', mean=0.002}"
+    )
+
+    @cached_property
+    def jitter_distribution(self) -> tuple[Distribution, float] | None:
+        if self.jitter is None:
+            return None
+        spec = dict(self.jitter)
+        if "kind" not in spec:
+            raise ScenarioError("network.jitter.kind", "missing (e.g. 'exponential')")
+        kind = spec.pop("kind")
+        mean = spec.pop("mean", None)
+        if mean is None or not (mean > 0):
+            raise ScenarioError("network.jitter.mean", f"must be > 0, got {mean}")
+        return make_distribution(kind, spec, "network.jitter"), float(mean)
+
+
+class RouterSpec(_Table):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = "jsq"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Scenario(_Table):
+    """A validated scenario. Build it with :func:`load_scenario` or :meth:`from_dict`."""
+
+    simulation: Simulation = Simulation()
+    jobs: Jobs = Jobs()
+    frontends: list[Frontend] = Field(min_length=1)
+    backends: list[Backend] = Field(min_length=1)
+    network: Network = Network()
+    router: RouterSpec = RouterSpec()
+    name: str = "scenario"
+    description: str = ""
+
+    # -- derived arrays the engine, the optimum and the fluid model share --------
+    @property
+    def num_frontends(self) -> int:
+        return len(self.frontends)
+
+    @property
+    def num_backends(self) -> int:
+        return len(self.backends)
+
+    @cached_property
+    def demand(self) -> np.ndarray:
+        """lambda_i: work units per second offered at each frontend."""
+        return np.array([f.rate for f in self.frontends], dtype=float)
+
+    @cached_property
+    def latency(self) -> np.ndarray:
+        """d_ij: one-way delay (s), shape (F, B)."""
+        lat = self.network.latency
+        shape = (self.num_frontends, self.num_backends)
+        return np.full(shape, float(lat)) if isinstance(lat, (int, float)) else np.array(lat, dtype=float)
+
+    @cached_property
+    def connect(self) -> np.ndarray:
+        """Which backends each frontend may use, shape (F, B) bool."""
+        shape = (self.num_frontends, self.num_backends)
+        c = self.network.connect
+        return np.ones(shape, dtype=bool) if c is None else np.array(c, dtype=bool)
+
+    @property
+    def service_rates(self) -> list[RateFamily]:
+        return [b.service for b in self.backends]
+
+    @property
+    def mean_size(self) -> float:
+        """sbar = job_scale * size_mean: the mean job size."""
+        return self.simulation.job_scale * self.jobs.mean
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        F, B = self.num_frontends, self.num_backends
+        lat = self.network.latency
+        if not isinstance(lat, (int, float)):
+            _check_matrix(lat, F, B, "network.latency")
+            bad = [(i, j) for i, row in enumerate(lat) for j, d in enumerate(row) if not (d >= 0 and math.isfinite(d))]
+            if bad:
+                i, j = bad[0]
+                raise ScenarioError(f"network.latency[{i}][{j}]", f"must be finite and >= 0, got {lat[i][j]}")
+        elif not (lat >= 0 and math.isfinite(lat)):
+            raise ScenarioError("network.latency", f"must be finite and >= 0, got {lat}")
+        if self.network.connect is not None:
+            _check_matrix(self.network.connect, F, B, "network.connect")
+        connect = self.connect
+        usable = np.array([b.service.supremum > 0 for b in self.backends])
+        for i in range(F):
+            if not (connect[i] & usable).any():
+                raise ScenarioError(f"network.connect[{i}]", f"frontend {self.frontend_label(i)} has no usable backend")
+        self.jobs.distribution  # validates size parameters now, not mid-run
+        self.network.jitter_distribution
+        from .routers.base import validate_params
+
+        validate_params(self.router.name, self.router.params)
+        for name in ("frontends", "backends"):
+            names = [x.name for x in getattr(self, name) if x.name is not None]
+            if len(names) != len(set(names)):
+                dup = next(n for n in names if names.count(n) > 1)
+                raise ScenarioError(name, f"duplicate name '{dup}'")
+        return self
+
+    def frontend_label(self, i: int) -> str:
+        return self.frontends[i].name or str(i)
+
+    def backend_label(self, j: int) -> str:
+        return self.backends[j].name or str(j)
+
+    def capacity_warning(self) -> str | None:
+        """A warning when the offered load reaches the capacity the frontends can use."""
+        reachable = self.connect.any(axis=0)
+        peak = max([1.0] + [m for _, m in self.simulation.rate_schedule or []])
+        capacity = sum(b.service.supremum for b, r in zip(self.backends, reachable) if r)
+        offered = float(self.demand.sum()) * peak
+        if offered >= capacity:
+            return (
+                f"total arrival rate {offered:g} reaches the usable capacity {capacity:g}: "
+                "queues will grow without bound"
+            )
+        return None
+
+    # -- construction ------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], overrides: Iterable[str] = ()) -> Scenario:
+        data = copy.deepcopy(dict(data))
+        for item in overrides:
+            apply_override(data, item)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _first_error(exc, data) from None
+
+    def replace(self, **sections: Any) -> Scenario:
+        """A copy with some keys changed, given as dotted paths: ``replace(**{"simulation.seed": 3})``."""
+        data = self.to_dict()
+        for path, value in sections.items():
+            _set_path(data, path.split("."), value)
+        return Scenario.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scenario as plain TOML-able data (what :meth:`from_dict` accepts)."""
+        data = self.model_dump(mode="python", exclude_none=True)
+        for b, spec in zip(data["backends"], self.backends):
+            b["service"] = {"kind": spec.service.kind, **spec.service.model_dump()}
+        return data
+
+
+def _check_matrix(m: list, F: int, B: int, key: str) -> None:
+    if len(m) != F:
+        raise ScenarioError(key, f"must have one row per frontend ({F}), got {len(m)} rows")
+    for i, row in enumerate(m):
+        if len(row) != B:
+            raise ScenarioError(f"{key}[{i}]", f"must have one entry per backend ({B}), got {len(row)}")
+
+
+def _format_loc(loc: tuple) -> str:
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key += ("." if key else "") + str(part)
+    return key
+
+
+_FIELDS_AT: dict[str, type[BaseModel]] = {}
+
+
+def _first_error(exc: ValidationError, data: Mapping[str, Any]) -> ScenarioError:
+    """Turn pydantic's report into one line naming the key (and the closest valid key)."""
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    key = _format_loc(loc)
+    ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, ScenarioError):
+        inner = ctx_error.key
+        return ScenarioError(f"{key}.{inner}" if key and inner else key or inner, ctx_error.message)
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        valid = parent.model_fields.keys() if parent else []
+        return ScenarioError(key, unknown("key", str(loc[-1]), valid))
+    if err["type"] == "missing":
+        return ScenarioError(key, "required key is missing")
+    value = err.get("input")
+    msg = err["msg"]
+    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    msg = msg.replace("Input should be", "must be").replace("greater than", ">").replace(" or equal to ", "= ")
+    msg = msg.replace("> =", ">=").replace("less than", "<")
+    if not isinstance(value, (dict, list)) and err["type"] not in ("value_error",):
+        msg += f", got {value!r}"
+    return ScenarioError(key, msg)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that validates the table at ``loc`` (for key suggestions)."""
+    model: Any = Scenario
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [ann, *args] + [a for x in args for a in getattr(x, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+# -- loading and overrides -------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: any TOML value (number, bool, string, array, inline table) or a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_path(data: dict, parts: list[str], value: Any) -> None:
+    node: Any = data
+    walked = []
+    for part in parts[:-1]:
+        walked.append(part)
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ScenarioError(".".join(walked), f"no element {part} (the list has {len(node)})") from None
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ScenarioError(".".join(walked), "is a value, not a table")
+    last = parts[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = value
+        except (ValueError, IndexError):
+            raise ScenarioError(".".join(parts), f"no element {last} (the list has {len(node)})") from None
+    else:
+        node[last] = value
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Apply ``key.path=value`` (list elements by index: ``frontends.0.rate=2``)."""
+    if "=" not in item:
+        raise ScenarioError(item, "an override must look like key.path=value")
+    path, text = item.split("=", 1)
+    parts = [p for p in path.strip().replace("[", ".").replace("]", "").split(".") if p]
+    if not parts:
+        raise ScenarioError(item, "empty key")
+    _set_path(data, parts, parse_value(text.strip()))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ScenarioError(str(path), "no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(str(path), f"not valid TOML: {exc}") from None
+
+
+def load_scenario(path: str | Path, overrides: Iterable[str] = (), *, warn: bool = True) -> Scenario:
+    """Load and validate a scenario file; ``overrides`` are ``key.path=value`` strings."""
+    data = read_toml(path)
+    data.setdefault("name", Path(path).stem)
+    scenario = Scenario.from_dict(data, overrides)
+    if warn and (message := scenario.capacity_warning()):
+        warnings.warn(message, CapacityWarning, stacklevel=2)
+    return scenario
