@@ -9,6 +9,16 @@ Disciplines (DESIGN.md section 1) are one mechanism with two knobs:
   jobs present (``ps``, ``fifo``) or in service (``max_load``), shared
   equally by the jobs in service.
 
+Completions need no event of their own unless someone must hear of them the
+moment they happen: between its arrivals a backend evolves on its own, so it
+keeps ``next_done`` (the time of its next completion) and :meth:`catch_up`
+plays its completions forward whenever its state is looked at (an arrival, a
+telemetry read, a probe, a sample, the end of the run). With ``lazy=False``
+(routers that react to responses, telemetry ``none``) every change instead
+reschedules the backend's own next completion as a SimPy event, and events
+made stale by a later change are dropped by their version number. Both give
+the same event times to the last bit; lazy saves a heap event per job.
+
 Processor sharing is tracked in *virtual time*: ``virtual`` is the service
 each job in service has received since the backend started, growing at
 ``rate / len(service)``. A job entering service at virtual time V with size s
@@ -36,12 +46,13 @@ class Backend:
     __slots__ = (
         "index", "env", "rate_function", "mean_size", "capacity", "rate_counts_all", "multiplier",
         "jobs", "service", "waiting", "virtual", "t_last", "rate", "_rates", "_scheduled", "_version",
-        "on_done", "history_t", "history_n", "history_window", "_prune_at", "busy_since_done",
-        "completed",
+        "on_done", "history_t", "history_n", "history_window", "_prune_at", "next_done", "lazy",
     )  # fmt: skip
 
-    def __init__(self, index, spec, mean_size, env, on_done, history_window):
+    def __init__(self, index, spec, mean_size, env, on_done, history_window, lazy=True):
         self.index = index
+        self.lazy = lazy
+        self.next_done = INF
         self.env = env
         self.rate_function = spec.service
         self.mean_size = mean_size
@@ -62,7 +73,6 @@ class Backend:
         self._scheduled: tuple | None = None  # (rate, in service, head tag) of the pending completion
         self._version = 0
         self.on_done = on_done
-        self.completed = 0
         # Telemetry history: (time, jobs) at every change, pruned to the longest delay.
         self.history_window = history_window
         self.history_t = [-INF]
@@ -82,31 +92,45 @@ class Backend:
         return rates[n]
 
     def jobs_at(self, t: float) -> int:
-        """n_j as it was at time t (t within the history window)."""
+        """n_j as it was at time t (t within the history window; caught up to t first)."""
+        if self.next_done <= t:
+            self.catch_up(t)
         return self.history_n[bisect_right(self.history_t, t) - 1]
 
     # -- events -----------------------------------------------------------------------
     def arrive(self, job: Job) -> None:
         now = self.env._now
+        if self.next_done <= now:
+            self.catch_up(now)
         job.t_backend_arrival = now
-        self._advance(now)
+        service = self.service
+        in_service = len(service)
+        if in_service and self.rate > 0.0:
+            self.virtual += (now - self.t_last) * self.rate / in_service
+        self.t_last = now
         self.jobs += 1
-        if len(self.service) < self.capacity:
-            heappush(self.service, (self.virtual + job.size, job.job_id, job))
+        if in_service < self.capacity:
+            heappush(service, (self.virtual + job.size, job.job_id, job))
         else:
             self.waiting.append(job)
         self._changed(now)
 
+    def catch_up(self, now: float) -> None:
+        """Play forward every completion due by ``now`` (lazy mode)."""
+        while self.next_done <= now:
+            self._finish(self.next_done)
+
     def _complete(self, event: Wakeup) -> None:
-        if event.payload != self._version:
-            return  # superseded: the rate or the head changed after this was scheduled
-        now = self.env._now
+        """A scheduled completion event (eager mode)."""
+        if event.payload == self._version:  # else superseded: the rate or the head changed since
+            self._finish(self.env._now)
+
+    def _finish(self, now: float) -> None:
         tag, _, job = heappop(self.service)
         # The job is done by definition; setting virtual to its tag avoids drift.
         self.virtual = tag
         self.t_last = now
         self.jobs -= 1
-        self.completed += 1
         if self.waiting:
             nxt = self.waiting.popleft()
             heappush(self.service, (tag + nxt.size, nxt.job_id, nxt))
@@ -117,20 +141,22 @@ class Backend:
     def set_multiplier(self, multiplier: float) -> None:
         """Scale mu_j from now on (antagonist load)."""
         now = self.env._now
-        self._advance(now)
-        self.multiplier = multiplier
-        self._changed(now, record=False)
-
-    # -- internals --------------------------------------------------------------------
-    def _advance(self, now: float) -> None:
+        self.catch_up(now)
         if self.service and self.rate > 0.0:
             self.virtual += (now - self.t_last) * self.rate / len(self.service)
         self.t_last = now
+        self.multiplier = multiplier
+        self._scheduled = None
+        self._changed(now, record=False)
+
+    # -- internals --------------------------------------------------------------------
 
     def _changed(self, now: float, record: bool = True) -> None:
         """Recompute the rate and reschedule the next completion if it moved."""
         in_service = len(self.service)
-        self.rate = rate = self.multiplier * self.rate_at(self.jobs if self.rate_counts_all else in_service)
+        n = self.jobs if self.rate_counts_all else in_service
+        rates = self._rates
+        self.rate = rate = self.multiplier * (rates[n] if n < len(rates) else self.rate_at(n))
         if record and self.history_window is not None:
             self.history_t.append(now)
             self.history_n.append(self.jobs)
@@ -139,15 +165,20 @@ class Backend:
         if not in_service or rate <= 0.0:
             self._scheduled = None
             self._version += 1
+            self.next_done = INF
             return
         head = self.service[0][0]
-        state = (rate, in_service, head)
-        if state == self._scheduled:
-            return  # same rate, same sharing, same head: the pending completion still holds
-        self._scheduled = state
-        self._version += 1
+        scheduled = self._scheduled
+        if scheduled is not None and scheduled[0] == rate and scheduled[1] == in_service and scheduled[2] == head:
+            return  # same rate, same sharing, same head: the next completion has not moved
+        self._scheduled = (rate, in_service, head)
         delay = (head - self.virtual) * in_service / rate
-        self.env.schedule(Wakeup(self._complete, self._version), NORMAL, delay if delay > 0.0 else 0.0)
+        if delay < 0.0:
+            delay = 0.0
+        self.next_done = now + delay
+        if not self.lazy:
+            self._version += 1
+            self.env.schedule(Wakeup(self._complete, self._version), NORMAL, delay)
 
     def _prune(self, now: float) -> None:
         # Keep the last change at or before now - window: it is the state a

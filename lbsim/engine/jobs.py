@@ -10,7 +10,7 @@ class Job:
     arrival on the hot path.
     """
 
-    __slots__ = ("job_id", "frontend", "size", "t_arrival", "backend", "t_backend_arrival")
+    __slots__ = ("job_id", "frontend", "size", "t_arrival", "backend", "t_backend_arrival", "return_delay")
 
     def __init__(self, job_id: int, frontend: int, size: float, t_arrival: float):
         self.job_id = job_id
@@ -19,6 +19,7 @@ class Job:
         self.t_arrival = t_arrival
         self.backend = -1
         self.t_backend_arrival = float("nan")
+        self.return_delay = 0.0  # d_ij plus the response's jitter, fixed when the job is routed
 
     def __repr__(self) -> str:
         return f"Job({self.job_id}, frontend={self.frontend}, backend={self.backend}, size={self.size:.4g})"

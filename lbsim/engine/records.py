@@ -20,27 +20,25 @@ class JobRecords:
     """One row per job whose service at the backend has ended."""
 
     def __init__(self):
-        self.job_id = array("q")
-        self.frontend = array("i")
-        self.backend = array("i")
-        self.size = array("d")
-        self.t_arrival = array("d")
-        self.t_backend_arrival = array("d")
-        self.t_backend_done = array("d")
-        self.t_response = array("d")
+        for name in JOB_COLUMNS:
+            setattr(self, name, array(_TYPECODES[name]))
+        # Bound appends, looked up once: add() runs once per job.
+        self._appends = tuple(getattr(self, name).append for name in JOB_COLUMNS)
 
     def __len__(self) -> int:
         return len(self.job_id)
 
-    def add(self, job, t_done: float, t_response: float) -> None:
-        self.job_id.append(job.job_id)
-        self.frontend.append(job.frontend)
-        self.backend.append(job.backend)
-        self.size.append(job.size)
-        self.t_arrival.append(job.t_arrival)
-        self.t_backend_arrival.append(job.t_backend_arrival)
-        self.t_backend_done.append(t_done)
-        self.t_response.append(t_response)
+    def add(self, job, t_done: float) -> None:
+        """Record a job as its backend finishes it; its response lands ``job.return_delay`` later."""
+        a_id, a_frontend, a_backend, a_size, a_arrival, a_backend_arrival, a_done, a_response = self._appends
+        a_id(job.job_id)
+        a_frontend(job.frontend)
+        a_backend(job.backend)
+        a_size(job.size)
+        a_arrival(job.t_arrival)
+        a_backend_arrival(job.t_backend_arrival)
+        a_done(t_done)
+        a_response(t_done + job.return_delay)
 
     def frame(self, horizon: float) -> pd.DataFrame:
         """Jobs whose response reached their frontend by ``horizon``, in job_id order."""
@@ -53,6 +51,7 @@ class JobRecords:
         return pd.DataFrame(data)
 
 
+_TYPECODES = {"job_id": "q", "frontend": "i", "backend": "i"} | dict.fromkeys(JOB_COLUMNS[3:], "d")
 _DTYPES = {
     "job_id": np.int64, "frontend": np.int32, "backend": np.int32, "size": np.float64, "t_arrival": np.float64,
     "t_backend_arrival": np.float64, "t_backend_done": np.float64, "t_response": np.float64,

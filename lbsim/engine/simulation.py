@@ -101,7 +101,14 @@ class ArrivalStream:
 class Simulation:
     """One run of one scenario with one router and one seed."""
 
-    def __init__(self, scenario: Scenario, router: str | None = None, seed: int | None = None, **router_params):
+    def __init__(
+        self,
+        scenario: Scenario,
+        router: str | None = None,
+        seed: int | None = None,
+        lazy: bool | None = None,
+        **router_params,
+    ):
         self.scenario = scenario
         sim = scenario.simulation
         self.seed = sim.seed if seed is None else int(seed)
@@ -115,11 +122,6 @@ class Simulation:
         self.delay = latency.tolist()
         self.connect = scenario.connect.tolist()
         self.view = make_view(scenario.network.telemetry, [], latency, self.mean_size, env, scenario.network.period)
-        window = self.view.history_window
-        self.backends = [
-            Backend(j, spec, self.mean_size, env, self._done, window) for j, spec in enumerate(scenario.backends)
-        ]
-        self.view.backends.extend(self.backends)
 
         router_name = router or scenario.router.name
         params = dict(scenario.router.params) if router_name == scenario.router.name else {}
@@ -139,10 +141,18 @@ class Simulation:
         )
         self.router: Router = make_router(router_name, params, ctx)
         self.route = self.router.route
-        # Responses are events only when someone listens for them; otherwise
-        # the response time is computed when the backend finishes.
+        # Responses are events only when someone listens for them; then
+        # backends must also complete jobs on time (eager), not on demand.
         self.local_view = isinstance(self.view, LocalView)
         self.response_events = self.local_view or type(self.router).on_response is not Router.on_response
+        lazy = not self.response_events if lazy is None else lazy
+        self.records = JobRecords()
+        on_done = self._done if self.response_events else self.records.add
+        self.backends = [
+            Backend(j, spec, self.mean_size, env, on_done, self.view.history_window, lazy)
+            for j, spec in enumerate(scenario.backends)
+        ]
+        self.view.backends.extend(self.backends)
 
         self.jitter = None
         if (jitter := scenario.network.jitter_distribution) is not None:
@@ -164,21 +174,19 @@ class Simulation:
         ]
         self.antagonist_rngs = streams["antagonist"]
 
-        self.records = JobRecords()
         self.samples = SampleRecords()
         self.splits = SplitRecords(scenario.connect) if self.router.split() is not None else None
-        self.arrived = 0
+        self.arrived = 0  # also the next job's id
         self.to_backends = 0  # requests on the network, not yet at their backend
-        self.next_job_id = 0
         self.wall_seconds = float("nan")
 
     # -- the path of a job ------------------------------------------------------------
     def _arrive(self, event: Wakeup) -> None:
         stream: ArrivalStream = event.payload
-        now = self.env._now
+        env = self.env
+        now = env._now
         i = stream.frontend
-        job = Job(self.next_job_id, i, stream.pending_size, now)
-        self.next_job_id += 1
+        job = Job(self.arrived, i, stream.pending_size, now)
         self.arrived += 1
         j = self.route(i, job, self.view)
         if not self.connect[i][j]:
@@ -186,15 +194,20 @@ class Simulation:
         job.backend = j
         if self.local_view:
             self.view.outstanding[i][j] += 1
-        delay = self.delay[i][j]
-        if self.jitter is not None:
+        delay = job.return_delay = self.delay[i][j]
+        if self.jitter is not None:  # both directions drawn now, in arrival order: reproducible
             delay += self.jitter.next()
+            job.return_delay += self.jitter.next()
         if delay > 0.0:
             self.to_backends += 1
-            self.env.schedule(Wakeup(self._reach_backend, job), NORMAL, delay)
+            env.schedule(Wakeup(self._reach_backend, job), NORMAL, delay)
         else:
             self.backends[j].arrive(job)
-        self._schedule_arrival(event, stream)
+        # The next arrival reuses this event: one is pending per frontend at a time.
+        t, stream.pending_size = stream.next()
+        if t < self.horizon:
+            event.callbacks = [self._arrive]
+            env.schedule(event, NORMAL, t - now)
 
     def _reach_backend(self, event: Wakeup) -> None:
         self.to_backends -= 1
@@ -202,12 +215,9 @@ class Simulation:
         self.backends[job.backend].arrive(job)
 
     def _done(self, job: Job, now: float) -> None:
-        delay = self.delay[job.frontend][job.backend]
-        if self.jitter is not None:
-            delay += self.jitter.next()
-        self.records.add(job, now, now + delay)
-        if self.response_events:
-            self.env.schedule(Wakeup(self._respond, job), NORMAL, delay)
+        """A backend finished a job and someone listens for its response."""
+        self.records.add(job, now)
+        self.env.schedule(Wakeup(self._respond, job), NORMAL, job.return_delay)
 
     def _respond(self, event: Wakeup) -> None:
         job = event.payload
@@ -215,25 +225,20 @@ class Simulation:
             self.view.outstanding[job.frontend][job.backend] -= 1
         self.router.on_response(job.frontend, job)
 
-    def _schedule_arrival(self, event: Wakeup, stream: ArrivalStream) -> None:
-        t, size = stream.next()
-        if t >= self.horizon:
-            return
-        stream.pending_size = size
-        event.callbacks = [self._arrive]  # the kernel cleared it; one pending arrival per frontend
-        self.env.schedule(event, NORMAL, t - self.env._now)
-
     # -- probes (Prequal) -------------------------------------------------------------
     def probe(self, frontend: int, backend: int, on_reply: Callable[[ProbeReply], None]) -> None:
         """Send a probe that travels d_ij to the backend, reads its state there, and d_ij back."""
         t_sent = self.env._now
+        there, back = self._hop(frontend, backend), self._hop(frontend, backend)
 
         def answer(_event):
+            now = self.env._now
             b = self.backends[backend]
-            reply = ProbeReply(backend, b.jobs, b.latency_estimate(), t_sent, self.env._now)
-            self.env.schedule(Wakeup(lambda _e: on_reply(reply)), NORMAL, self._hop(frontend, backend))
+            b.catch_up(now)
+            reply = ProbeReply(backend, b.jobs, b.latency_estimate(), t_sent, now)
+            self.env.schedule(Wakeup(lambda _e: on_reply(reply)), NORMAL, back)
 
-        self.env.schedule(Wakeup(answer), NORMAL, self._hop(frontend, backend))
+        self.env.schedule(Wakeup(answer), NORMAL, there)
 
     def _hop(self, frontend: int, backend: int) -> float:
         delay = self.delay[frontend][backend]
@@ -255,6 +260,8 @@ class Simulation:
         self.env.schedule(Wakeup(fire), priority, start - self.env._now)
 
     def _sample(self, t: float) -> None:
+        for b in self.backends:
+            b.catch_up(t)
         self.samples.add(t, self.backends)
         if self.splits is not None:
             self.splits.add(t, self.router.split())
@@ -297,13 +304,18 @@ class Simulation:
             self._progress = tqdm(total=self.horizon, unit="s", desc="simulating", leave=False, disable=None)
         started = time.perf_counter()
         for stream in self.streams:
-            self._schedule_arrival(Wakeup(self._arrive, stream), stream)
+            t, stream.pending_size = stream.next()
+            if t < self.horizon:
+                self.env.schedule(Wakeup(self._arrive, stream), NORMAL, t)
         self._start_antagonists()
         self._every(self.scenario.simulation.sample_interval, self._sample)
         if self.router.tick_interval:
             interval = self.router.tick_interval
             self._every(interval, lambda t: self.router.tick(t, self.view), start=interval)
         self.env.run(until=self.horizon)
+        last = math.nextafter(self.horizon, -math.inf)  # as with events: nothing at the horizon itself
+        for b in self.backends:
+            b.catch_up(last)
         self.wall_seconds = time.perf_counter() - started
         if self._progress is not None:
             self._progress.close()

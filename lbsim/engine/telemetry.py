@@ -75,11 +75,11 @@ class PeriodicView(View):
 
 class InstantView(View):
     def jobs(self, frontend, backend):
-        return self.backends[backend].jobs
-
-    def jobs_of(self, frontend, backends):
-        b = self.backends
-        return [b[j].jobs for j in backends]
+        b = self.backends[backend]
+        now = self.env._now
+        if b.next_done <= now:
+            b.catch_up(now)
+        return b.jobs
 
 
 class LocalView(View):
@@ -98,6 +98,8 @@ class LocalView(View):
 
 
 def make_view(mode: str, backends, latency, mean_size, env, period: float) -> View:
+    if mode == "delayed" and not latency.any():
+        return InstantView(backends, latency, mean_size, env)  # no delay: the same view, no history to keep
     if mode == "delayed":
         return DelayedView(backends, latency, mean_size, env)
     if mode == "periodic":

@@ -1,0 +1,82 @@
+"""M/M/1 FIFO at load 0.9: simulated jobs per wall second of lbsim.simulate against a heapq floor.
+
+The floor is the smallest honest pure-Python M/M/1 event loop (a heap of
+(time, kind) and random.expovariate), run in the same process, so the ratio
+does not depend on the machine. Each is run ``--repeat`` times, interleaved,
+and the best of each is reported (the least disturbed by other load).
+
+    python benchmarks/bench_mm1.py [--jobs 300000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+import time
+
+import lbsim
+
+
+def heapq_floor(jobs: int, load: float = 0.9, seed: int = 1) -> float:
+    """Customers per second of a minimal heapq M/M/1 FIFO loop."""
+    rnd = random.Random(seed)
+    events = [(rnd.expovariate(load), 0)]
+    in_system = done = 0
+    started = time.perf_counter()
+    while done < jobs:
+        t, kind = heapq.heappop(events)
+        if kind == 0:  # arrival
+            heapq.heappush(events, (t + rnd.expovariate(load), 0))
+            in_system += 1
+            if in_system == 1:
+                heapq.heappush(events, (t + rnd.expovariate(1.0), 1))
+        else:  # departure
+            in_system -= 1
+            done += 1
+            if in_system:
+                heapq.heappush(events, (t + rnd.expovariate(1.0), 1))
+    return jobs / (time.perf_counter() - started)
+
+
+def mm1_scenario(jobs: int, load: float = 0.9) -> lbsim.Scenario:
+    horizon = jobs / load
+    return lbsim.Scenario.from_dict(
+        {
+            "name": "mm1",
+            "simulation": {"horizon": horizon, "warmup": horizon / 10, "seed": 1, "sample_interval": horizon / 100},
+            "frontends": [{"rate": load}],
+            "backends": [{"discipline": "fifo", "service": {"kind": "constant", "c": 1.0}}],
+            "router": {"name": "random"},
+        }
+    )
+
+
+def lbsim_rate(scenario: lbsim.Scenario) -> tuple[float, dict]:
+    started = time.perf_counter()
+    result = lbsim.simulate(scenario)
+    elapsed = time.perf_counter() - started
+    return result.counts["jobs_arrived"] / elapsed, result.summary()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=300_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    scenario = mm1_scenario(args.jobs)
+    floors, rates = [], []
+    for _ in range(args.repeat):
+        floors.append(heapq_floor(args.jobs))
+        rate, summary = lbsim_rate(scenario)
+        rates.append(rate)
+    floor, rate = max(floors), max(rates)
+    print(f"M/M/1 FIFO, load 0.9, {args.jobs} jobs, best of {args.repeat}")
+    print(f"  heapq floor       {floor:>10,.0f} customers/s")
+    print(f"  lbsim.simulate    {rate:>10,.0f} jobs/s  (end to end: build, run, DataFrames)")
+    print(f"  ratio             {rate / floor:>10.1%}  (target >= 40%)")
+    print(f"  mean latency      {summary['mean_latency']:.3f} s (theory 1/(c - lambda) = 10)")
+
+
+if __name__ == "__main__":
+    main()
