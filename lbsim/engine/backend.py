@@ -35,6 +35,7 @@ from bisect import bisect_right
 from collections import deque
 from heapq import heappop, heappush
 
+import numpy as np
 from simpy.core import NORMAL
 
 from .jobs import Job, Wakeup
@@ -46,10 +47,10 @@ class Backend:
     __slots__ = (
         "index", "env", "rate_function", "mean_size", "capacity", "rate_counts_all", "multiplier",
         "jobs", "service", "waiting", "virtual", "t_last", "rate", "_rates", "_scheduled", "_version",
-        "on_done", "history_t", "history_n", "history_window", "_prune_at", "next_done", "lazy",
+        "on_done", "history_t", "history_n", "history_window", "_prune_at", "next_done", "lazy", "observer",
     )  # fmt: skip
 
-    def __init__(self, index, spec, mean_size, env, on_done, history_window, lazy=True):
+    def __init__(self, index, spec, mean_size, env, on_done, history_window, lazy=True, rate_tables=None):
         self.index = index
         self.lazy = lazy
         self.next_done = INF
@@ -69,10 +70,16 @@ class Backend:
         self.virtual = 0.0
         self.t_last = 0.0
         self.rate = 0.0
-        self._rates = [0.0]  # mu_j(n * sbar) by n, filled lazily: x_j only takes these values
+        # mu_j(n * sbar) by n: x_j only takes these values. Backends with the same
+        # rate function share one table.
+        tables = {} if rate_tables is None else rate_tables
+        self._rates = tables.setdefault((spec.service, mean_size), [])
         self._scheduled: tuple | None = None  # (rate, in service, head tag) of the pending completion
         self._version = 0
         self.on_done = on_done
+        #: optional per-job hooks ``arrived(job, now, rif)`` / ``finished(job, now)`` and
+        #: ``estimate(rif)``: the latency-at-RIF tracker Prequal's probes read
+        self.observer = None
         # Telemetry history: (time, jobs) at every change, pruned to the longest delay.
         self.history_window = history_window
         self.history_t = [-INF]
@@ -86,10 +93,16 @@ class Backend:
         return self.jobs * self.mean_size
 
     def rate_at(self, n: int) -> float:
+        """mu_j(n * sbar), from a table filled in vectorised chunks (a numpy call per job would dominate)."""
         rates = self._rates
-        while len(rates) <= n:
-            rates.append(float(self.rate_function.value(len(rates) * self.mean_size)))
+        if n >= len(rates):
+            more = np.arange(len(rates), max(n + 1, 2 * len(rates) + 16)) * self.mean_size
+            rates.extend(self.rate_function.value(more).tolist())
         return rates[n]
+
+    def latency_estimate(self) -> float:
+        """What the backend answers a probe about latency (NaN without an observer)."""
+        return self.observer.estimate(self.jobs) if self.observer is not None else float("nan")
 
     def jobs_at(self, t: float) -> int:
         """n_j as it was at time t (t within the history window; caught up to t first)."""
@@ -103,6 +116,8 @@ class Backend:
         if self.next_done <= now:
             self.catch_up(now)
         job.t_backend_arrival = now
+        if self.observer is not None:
+            self.observer.arrived(job, now, self.jobs)
         service = self.service
         in_service = len(service)
         if in_service and self.rate > 0.0:
@@ -136,6 +151,8 @@ class Backend:
             heappush(self.service, (tag + nxt.size, nxt.job_id, nxt))
         self._scheduled = None
         self._changed(now)
+        if self.observer is not None:
+            self.observer.finished(job, now)
         self.on_done(job, now)
 
     def set_multiplier(self, multiplier: float) -> None:

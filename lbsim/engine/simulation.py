@@ -17,6 +17,7 @@ one per network hop with a nonzero delay.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -148,11 +149,15 @@ class Simulation:
         lazy = not self.response_events if lazy is None else lazy
         self.records = JobRecords()
         on_done = self._done if self.response_events else self.records.add
+        rate_tables: dict = {}  # backends with the same rate function share one table
         self.backends = [
-            Backend(j, spec, self.mean_size, env, on_done, self.view.history_window, lazy)
+            Backend(j, spec, self.mean_size, env, on_done, self.view.history_window, lazy, rate_tables)
             for j, spec in enumerate(scenario.backends)
         ]
         self.view.backends.extend(self.backends)
+        if self.router.backend_observer is not None:
+            for b in self.backends:
+                b.observer = self.router.backend_observer(b.index)
 
         self.jitter = None
         if (jitter := scenario.network.jitter_distribution) is not None:
@@ -312,7 +317,16 @@ class Simulation:
         if self.router.tick_interval:
             interval = self.router.tick_interval
             self._every(interval, lambda t: self.router.tick(t, self.view), start=interval)
-        self.env.run(until=self.horizon)
+        # A run allocates millions of short-lived objects but no reference cycles
+        # (jobs, events and heap entries are freed by reference counting), so the
+        # cyclic collector would only rescan the live ones over and over.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self.env.run(until=self.horizon)
+        finally:
+            if collecting:
+                gc.enable()
         last = math.nextafter(self.horizon, -math.inf)  # as with events: nothing at the horizon itself
         for b in self.backends:
             b.catch_up(last)

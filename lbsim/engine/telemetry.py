@@ -14,6 +14,7 @@ fresher state than its telemetry mode allows (DESIGN.md invariant 5):
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,6 +60,20 @@ class DelayedView(View):
 
     def jobs(self, frontend, backend):
         return self.backends[backend].jobs_at(self.env._now - self.delay[frontend][backend])
+
+    def jobs_of(self, frontend, backends):
+        # jobs() unrolled: JSQ-like routers call this for every job over every backend.
+        now = self.env._now
+        delay = self.delay[frontend]
+        everyone = self.backends
+        seen = []
+        for j in backends:
+            b = everyone[j]
+            t = now - delay[j]
+            if b.next_done <= t:
+                b.catch_up(t)
+            seen.append(b.history_n[bisect_right(b.history_t, t) - 1])
+        return seen
 
 
 class PeriodicView(View):

@@ -79,6 +79,9 @@ class Router:
     Params: ClassVar[type[BaseModel]] = NoParams
     #: seconds between calls of :meth:`tick`, or None for routers without one
     tick_interval: float | None = None
+    #: a factory ``(backend_index) -> observer`` attached to every backend, for routers
+    #: whose probes ask backends for more than their job count (Prequal's latency at RIF)
+    backend_observer = None
 
     _UNIFORM_BATCH = 4096
 

@@ -1,0 +1,116 @@
+"""Engine throughput and memory: jobs per wall second by router, scaling in B, peak memory.
+
+    python benchmarks/bench_engine.py            # everything
+    python benchmarks/bench_engine.py routers    # jobs/s of every router on scenarios/bench.toml
+    python benchmarks/bench_engine.py scaling    # power_of_d, 16 vs 1024 backends
+    python benchmarks/bench_engine.py memory     # peak RSS of a 5-million-job run with job records
+
+Figures are simulated jobs per wall second of the whole ``lbsim.simulate``
+call (set-up, run, DataFrames), best of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import lbsim
+from lbsim.routers import ROUTERS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def jobs_per_second(scenario, router: str, repeat: int) -> float:
+    best = 0.0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = lbsim.simulate(scenario, router=router)
+        best = max(best, result.counts["jobs_arrived"] / (time.perf_counter() - started))
+    return best
+
+
+def bench_routers(repeat: int) -> None:
+    scenario = lbsim.load_scenario(ROOT / "scenarios" / "bench.toml", ["simulation.horizon=200"], warn=False)
+    print(f"scenarios/bench.toml (4 frontends, 16 backends, delayed telemetry), horizon 200 s, best of {repeat}")
+    for name in sorted(ROUTERS):
+        try:
+            rate = jobs_per_second(scenario, name, repeat)
+        except lbsim.ScenarioError as exc:  # a router needing parameters the scenario lacks
+            print(f"  {name:<16} skipped ({exc})")
+            continue
+        print(f"  {name:<16} {rate:>10,.0f} jobs/s")
+
+
+def wide_scenario(backends: int, jobs: int) -> lbsim.Scenario:
+    """4 frontends, ``backends`` saturating PS backends at 75% load, 5-80 ms delays, delayed telemetry."""
+    rng = np.random.default_rng(3)
+    capacity = 3.0 * backends
+    sbar = 0.05
+    horizon = jobs * sbar / (0.75 * capacity)
+    return lbsim.Scenario.from_dict(
+        {
+            "simulation": {
+                "horizon": horizon, "warmup": horizon / 10, "job_scale": sbar, "sample_interval": horizon / 20,
+            },
+            "frontends": [{"rate": 0.75 * capacity / 4}] * 4,
+            "backends": [{"service": {"kind": "saturating", "c": 3.0, "k": 1.0}}] * backends,
+            "network": {"latency": rng.uniform(0.005, 0.08, size=(4, backends)).tolist()},
+            "router": {"name": "power_of_d", "d": 2},
+        }
+    )  # fmt: skip
+
+
+def bench_scaling(repeat: int, jobs: int = 200_000) -> None:
+    print(f"power_of_d (d=2), 4 frontends, {jobs} jobs, 75% load, delayed telemetry, best of {repeat}")
+    rates = {}
+    for backends in (16, 1024):
+        rates[backends] = jobs_per_second(wide_scenario(backends, jobs), "power_of_d", repeat)
+        print(f"  {backends:>5} backends  {rates[backends]:>10,.0f} jobs/s  ({1e6 / rates[backends]:.2f} us/job)")
+    change = rates[16] / rates[1024] - 1
+    print(f"  per-job cost change 16 -> 1024 backends: {change:+.1%} (target within 25%)")
+
+
+MEMORY_CHILD = """
+import resource, sys, time, lbsim
+jobs = int(sys.argv[1])
+rate = 3.0
+s = lbsim.Scenario.from_dict({
+    "simulation": {"horizon": jobs * 0.01 / rate, "warmup": 1.0, "job_scale": 0.01, "sample_interval": 10.0},
+    "frontends": [{"rate": rate}],
+    "backends": [{"service": {"kind": "saturating", "c": 2.0, "k": 1.0}}] * 2,
+    "router": {"name": "random"},
+})
+t = time.perf_counter()
+r = lbsim.simulate(s)
+r.summary()
+print(r.counts["jobs_arrived"], len(r.jobs), time.perf_counter() - t,
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def bench_memory(jobs: int = 5_000_000) -> None:
+    print(f"peak memory of one run with {jobs:,} jobs and job records (fresh process)")
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(jobs)], capture_output=True, text=True, check=True)
+    arrived, recorded, seconds, peak_mib = out.stdout.split()
+    print(f"  jobs arrived {int(arrived):,}, job records {int(recorded):,}, {float(seconds):.1f} s")
+    print(f"  peak RSS {float(peak_mib):,.0f} MiB (target < 1.5 GB = 1430 MiB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", nargs="*", default=["routers", "scaling", "memory"])
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    for what in args.what:
+        {"routers": lambda: bench_routers(args.repeat), "scaling": lambda: bench_scaling(args.repeat),
+         "memory": bench_memory}[what]()  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

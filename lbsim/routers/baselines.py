@@ -1,0 +1,258 @@
+"""Baselines from practice: expected latency, least load, nearest, least request, weighted round robin.
+
+Each is the rule a serving engineer would reach for first; ALGORITHMS.md
+("Baselines") says why each can be far from the centralized optimum.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .base import Router, register
+from .gmsr import MarginalTable
+
+
+@register
+class LeastLatency(Router):
+    """Expected-latency routing: min over N(i) of 2 d_ij + xhat_ij / mu_j(xhat_ij).
+
+    ``x / mu(x)`` is a backend's mean sojourn at steady-state load ``x``
+    (Little's law), so this is the rule "send each job where it is expected
+    to finish soonest". It is selfish routing: at equilibrium it equalises
+    average latencies (a Wardrop equilibrium) instead of marginal costs, and
+    Zhang et al. (arXiv:2411.17103, introduction) note that such policies
+    can be arbitrarily worse than the optimum (the Pigou example; see
+    ``scenarios/least_latency_trap.toml``).
+
+    At ``xhat = 0`` the ratio is 0/0. We use ``sbar / mu_j(sbar)``: the
+    expected sojourn of a job that joins an empty backend and so makes its
+    load ``sbar``; in other words ``xhat`` is read as ``max(xhat, sbar)``.
+    (The limit ``1/mu_j'(0)`` would be 0 for families with ``mu'(0) = inf``.)
+    Cached by job count: no numpy call per job.
+    """
+
+    name = "least_latency"
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        sbar = ctx.mean_size
+
+        def expected_sojourn(rate):
+            def f(x):
+                x = max(x, sbar)
+                mu = float(rate.value(x))
+                return x / mu if mu > 0.0 else math.inf
+
+            return MarginalTable(f, sbar)
+
+        self._sojourn = [expected_sojourn(r) for r in ctx.rates]
+        self._round_trip = [[2.0 * float(ctx.latency[i, j]) for j in nb] for i, nb in enumerate(self.neighbours)]
+
+    def route(self, frontend, job, view):
+        candidates = self.neighbours[frontend]
+        sojourn = self._sojourn
+        values = [
+            rtt + sojourn[j][n]
+            for j, n, rtt in zip(candidates, view.jobs_of(frontend, candidates), self._round_trip[frontend])
+        ]
+        return self.pick_min(candidates, values)
+
+
+@register
+class LeastLoad(Router):
+    """Send each job to the usable backend with the least observed load xhat_ij (ties random)."""
+
+    name = "least_load"
+
+    def route(self, frontend, job, view):
+        candidates = self.neighbours[frontend]
+        return self.pick_min(candidates, view.loads_of(frontend, candidates))
+
+
+@register
+class Nearest(Router):
+    """Send each job to the usable backend with the smallest one-way delay d_ij (ties random).
+
+    Ignores load entirely: the network-only extreme.
+    """
+
+    name = "nearest"
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self._nearest = []
+        for i, nb in enumerate(self.neighbours):
+            d = [float(ctx.latency[i, j]) for j in nb]
+            self._nearest.append([j for j, dj in zip(nb, d) if dj == min(d)])
+
+    def route(self, frontend, job, view):
+        nearest = self._nearest[frontend]
+        return nearest[0] if len(nearest) == 1 else self.choice(nearest)
+
+
+class LeastRequestParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    choices: int = Field(
+        2, ge=0, description="backends sampled per job (without replacement): 0 = all usable ones, 2 = power of two"
+    )
+
+
+@register
+class LeastRequest(Router):
+    """Least outstanding requests, counted by the frontend itself (Envoy / NGINX ``least_conn``).
+
+    Frontend i counts the jobs it has sent to backend j whose responses it
+    has not yet received (incremented when it routes, decremented when the
+    response lands, so the count includes both network legs). It needs no
+    telemetry at all and sees nothing of the other frontends' traffic. Each
+    job samples ``choices`` distinct usable backends (0: all of them) and
+    goes to the one with the fewest of this frontend's requests; ties random.
+    Envoy's ``LEAST_REQUEST`` defaults to two choices (Mitzenmacher, "The
+    power of two choices in randomized load balancing", 2001).
+    """
+
+    name = "least_request"
+    Params = LeastRequestParams
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.in_flight = [[0] * ctx.num_backends for _ in range(ctx.num_frontends)]
+
+    def route(self, frontend, job, view):
+        candidates = self.neighbours[frontend]
+        d = self.params.choices
+        n = len(candidates)
+        if 0 < d < n:
+            # Floyd's algorithm: d distinct indices with d draws.
+            chosen: list[int] = []
+            for top in range(n - d, n):
+                k = int(self.uniform() * (top + 1))
+                chosen.append(top if k in chosen else k)
+            candidates = [candidates[k] for k in chosen]
+        counts = self.in_flight[frontend]
+        j = self.pick_min(candidates, [counts[j] for j in candidates])
+        counts[j] += 1
+        return j
+
+    def on_response(self, frontend, job):
+        self.in_flight[frontend][job.backend] -= 1
+
+
+class WRRParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    interval: float = Field(1.0, gt=0, description="seconds between weight updates")
+    smoothing: float = Field(
+        0.3, gt=0, le=1, description="EWMA weight of the newest interval in throughput and utilisation"
+    )
+    min_weight: float = Field(
+        0.01, ge=0, lt=1, description="floor on a weight, as a fraction of the frontend's largest weight"
+    )
+
+
+@register
+class WRR(Router):
+    """Weighted round robin with weights = observed throughput / utilisation (Prequal's incumbent).
+
+    Wydrowski et al., "Load is not what you should balance: Introducing
+    Prequal", NSDI 2024, section 2: YouTube's balancer before Prequal gave
+    each replica a weight from its recent query rate and CPU utilisation,
+    i.e. an estimate of the rate the replica could serve at full utilisation,
+    so that utilisations even out. Here, per frontend i and backend j, every
+    ``interval`` seconds:
+
+    * throughput ``T_ij``: work in the responses frontend i received from j
+      during the interval, per second (EWMA with weight ``smoothing``);
+    * utilisation ``U_ij``: ``mu_j(xhat_ij) / cap_j`` on the delayed view,
+      ``cap_j = sup mu_j``; for unbounded families (``linear``, ``power``)
+      ``cap_j`` is the total demand Lambda, the most any backend could be
+      asked to serve (EWMA likewise);
+    * weight ``w_ij = T_ij / U_ij``, floored at ``min_weight`` times the
+      frontend's largest weight so that no backend starves (a backend that
+      gets nothing returns no throughput, and would never be tried again).
+      Where ``U_ij`` is 0 (never seen busy) the weight is the largest one.
+
+    At steady state ``T_ij / U_ij`` is ``cap_j`` times frontend i's share of
+    j's traffic, so a lone frontend converges to capacity-proportional
+    weights. Before the first update the weights are equal (round robin).
+    The sequence is nginx's smooth weighted round robin: each job adds
+    every weight to its backend's running credit, takes the backend with
+    the most credit (first in index order on ties), and charges it the
+    total weight; over any ``sum w`` jobs each backend is chosen in
+    proportion to its weight, interleaved rather than in runs.
+    """
+
+    name = "wrr"
+    Params = WRRParams
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.tick_interval = params.interval
+        F, B = ctx.num_frontends, ctx.num_backends
+        total_demand = float(np.sum(ctx.demand))
+        self._capacity = [r.supremum if math.isfinite(r.supremum) else total_demand for r in ctx.rates]
+        self._utilisation_tables = [
+            MarginalTable(lambda x, r=r, c=c: float(r.value(x)) / c, ctx.mean_size)
+            for r, c in zip(ctx.rates, self._capacity)
+        ]
+        self._received = [[0.0] * B for _ in range(F)]  # work in responses this interval
+        self.throughput = np.zeros((F, B))
+        self.utilisation = np.zeros((F, B))
+        self._seen = False
+        self.weights = [[1.0] * len(nb) for nb in self.neighbours]
+        self._credit = [[0.0] * len(nb) for nb in self.neighbours]
+        self._total = [float(len(nb)) for nb in self.neighbours]
+
+    def on_response(self, frontend, job):
+        self._received[frontend][job.backend] += job.size
+
+    def tick(self, now, view):
+        a = self.params.smoothing
+        interval = self.params.interval
+        tables = self._utilisation_tables
+        for i, nb in enumerate(self.neighbours):
+            received = self._received[i]
+            rate = np.array([received[j] for j in nb]) / interval
+            util = np.array([tables[j][n] for j, n in zip(nb, view.jobs_of(i, nb))])
+            if self._seen:
+                self.throughput[i, nb] = (1 - a) * self.throughput[i, nb] + a * rate
+                self.utilisation[i, nb] = (1 - a) * self.utilisation[i, nb] + a * util
+            else:
+                self.throughput[i, nb] = rate
+                self.utilisation[i, nb] = util
+            self._received[i] = [0.0] * len(received)
+            self.set_weights(i, self.estimate_weights(self.throughput[i, nb], self.utilisation[i, nb]))
+        self._seen = True
+
+    def estimate_weights(self, throughput: np.ndarray, utilisation: np.ndarray) -> np.ndarray:
+        """``T / U`` floored at ``min_weight * max``; backends never seen busy get the largest weight."""
+        busy = utilisation > 0.0
+        w = np.zeros_like(throughput)
+        w[busy] = throughput[busy] / utilisation[busy]
+        top = w.max() if busy.any() and w.max() > 0.0 else 1.0
+        w[~busy] = top
+        return np.maximum(w, self.params.min_weight * top)
+
+    def set_weights(self, frontend: int, weights) -> None:
+        self.weights[frontend] = [float(w) for w in weights]
+        self._total[frontend] = float(sum(self.weights[frontend]))
+
+    def route(self, frontend, job, view):
+        credit = self._credit[frontend]
+        best, best_credit = 0, -math.inf
+        for k, w in enumerate(self.weights[frontend]):
+            c = credit[k] + w
+            credit[k] = c
+            if c > best_credit:
+                best, best_credit = k, c
+        credit[best] -= self._total[frontend]
+        return self.neighbours[frontend][best]
+
+    def split(self) -> np.ndarray:
+        """The weights normalised per frontend: the long-run split WRR realises (recorded)."""
+        p = np.zeros((self.ctx.num_frontends, self.ctx.num_backends))
+        for i, nb in enumerate(self.neighbours):
+            p[i, nb] = np.array(self.weights[i]) / self._total[i]
+        return p
