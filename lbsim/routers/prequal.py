@@ -6,10 +6,10 @@ query will *experience* (requests in flight and latency at each server),
 learned by probing, rather than load or CPU. In lbsim:
 
 * **Probes.** Each query at frontend ``i`` sends ``r_probe`` probes to
-  distinct uniformly random backends of ``N(i)`` (Floyd's sampling, O(r_probe));
-  a fractional ``r_probe`` is rounded deterministically per frontend, so
-  exactly ``floor(k * r_probe)`` probes leave after its ``k`` first queries. A probe
-  travels ``d_ij`` to the backend, reads its RIF (jobs present) and its
+  distinct uniformly random backends of ``N(i)`` (Floyd's sampling,
+  O(r_probe)); a fractional ``r_probe`` is rounded deterministically per
+  frontend, so exactly ``floor(k * r_probe)`` probes leave after its ``k``
+  first queries. A probe travels ``d_ij`` to the backend, reads its RIF (jobs present) and its
   latency estimate there (:mod:`lbsim.engine.probing`: median latency of
   recent jobs that arrived at about the current RIF), and travels ``d_ij``
   back. Probes are asynchronous: a query never waits for its own probes, it
@@ -21,30 +21,38 @@ learned by probing, rather than load or CPU. In lbsim:
   (earliest ``t_answered``) is evicted on overflow; entries whose information
   is older than ``max_age`` are dropped. Each entry may be used
   ``b_reuse = max(1, (1 + delta) / ((1 - m/n) r_probe - r_remove))`` times
-  (paper section 4; ``m`` the pool size when the reply lands, ``n = |N(i)|``:
+  (``m`` the pool size when the reply lands, ``n = |N(i)|``:
   ``m/n`` is the chance a new probe only refreshes an entry already in the
   pool), randomly rounded so its mean is exact; when the denominator is
   ``<= 0`` no finite budget keeps the pool from draining, so reuse is
   unlimited (the formula's limit) and entries leave by removal, age or
-  eviction. Using an entry adds 1 to its RIF (the query just sent there).
+  eviction (with few backends, ``n`` near ``pool_size``, that is the usual
+  case). Using an entry adds 1 to its RIF (the query just sent there).
   Each query then removes ``r_remove`` entries (rounded the same way),
   alternately the oldest and the worst (the one the selection rule likes
   least: the hottest by RIF if any is hot, else the slowest).
 * **Selection (HCL).** An entry is *hot* if its RIF exceeds the ``q_rif``
   quantile of the RIFs in the last ``rif_window`` probe replies of this
-  frontend. Among cold entries take the lowest latency (unknown latency
-  last, then lowest RIF); if all are hot, the lowest RIF. Ties are broken
-  at random. With fewer than 2 entries, a uniformly random neighbour.
+  frontend. Among cold entries take the lowest latency (then the lowest
+  RIF); if all are hot, the lowest RIF. Ties are broken at random. With
+  fewer than 2 entries, a uniformly random neighbour. An unknown latency
+  (NaN: the backend has completed nothing in the last ``latency_timeout``
+  s, default ``max_age``) ranks first among the cold: the only way to learn
+  a backend's latency is to send it a job, and ranking it last would lock
+  out for good a backend that was once avoided.
 
 Per query the cost is O(r_probe + pool_size) (plus an O(rif_window) list
 shift in C per probe reply); nothing scales with the number of backends.
 
-**max_age.** The paper uses 1 s for queries taking tens of milliseconds.
-lbsim has no fixed time scale, so by default ``max_age = max_age_services *
-T`` with ``T`` the mean over backends of ``sbar / mu_j(sbar)``, the time one
-job of mean size takes alone on a backend (which, unlike ``sbar``, stays
-put as ``job_scale -> 0`` for rate families with ``mu(0+) = 0``);
-``max_age`` in seconds overrides it.
+**max_age.** The 1 s of the specification suits a production service whose
+queries take milliseconds; lbsim has no fixed time scale, so by default
+``max_age = max_age_services * T`` with ``T`` the mean over backends of
+``sbar / mu_j(sbar)``, the time one job of mean size takes alone on a
+backend (which, unlike ``sbar``, stays put as ``job_scale -> 0`` for rate
+families with ``mu(0+) = 0``); ``max_age`` in seconds overrides it. At high
+load the pool turns over long before entries reach that age (every query
+brings ``r_probe`` replies and removes ``r_remove`` entries); ``max_age``
+matters when queries are sparse.
 
 Prequal ignores network distance (as in the paper: servers in one
 datacenter); it reads no telemetry, only its own probes, so it behaves the
@@ -58,6 +66,7 @@ from bisect import bisect_left, insort
 from collections import deque
 from fractions import Fraction
 from functools import partial
+from operator import attrgetter
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,6 +89,9 @@ class PrequalParams(BaseModel):
         10.0, gt=0, description="default max_age in units of the mean lone-job service time sbar/mu_j(sbar)"
     )
     latency_window: int = Field(16, ge=1, description="backend side: recent latencies kept per RIF bucket")
+    latency_timeout: float | None = Field(
+        None, gt=0, description="backend side: latency unknown after this long without a completion (default: max_age)"
+    )
     idle_probe_interval: float | None = Field(
         None, gt=0, description="seconds between idle probes of a frontend that sent none (default: off)"
     )
@@ -88,17 +100,21 @@ class PrequalParams(BaseModel):
 class PoolEntry:
     """A probe reply in a frontend's pool, with what this frontend has done with it since."""
 
-    __slots__ = ("backend", "rif", "latency", "t_answered", "uses_left")
+    __slots__ = ("backend", "rif", "latency", "order", "t_answered", "uses_left")
 
     def __init__(self, backend: int, rif: int, latency: float, t_answered: float, uses_left: float):
         self.backend = backend
-        self.rif = rif
-        self.latency = latency  # NaN: the backend had no latency history yet
+        self.rif = rif  # plus one for each query this frontend has sent there since
+        self.latency = latency  # NaN: unknown
+        self.order = latency if latency == latency else -INF  # unknown latency ranks first among the cold
         self.t_answered = t_answered
         self.uses_left = uses_left
 
     def __repr__(self) -> str:
-        return f"PoolEntry(backend={self.backend}, rif={self.rif}, latency={self.latency:.4g}, uses_left={self.uses_left})"
+        return (
+            f"PoolEntry(backend={self.backend}, rif={self.rif}, latency={self.latency:.4g}, "
+            f"t_answered={self.t_answered:.6g}, uses_left={self.uses_left})"
+        )
 
 
 @register
@@ -116,7 +132,8 @@ class Prequal(Router):
     def __init__(self, params: PrequalParams, ctx):
         super().__init__(params, ctx)
         F = ctx.num_frontends
-        self.pools: list[list[PoolEntry]] = [[] for _ in range(F)]
+        # Each pool maps backend -> entry (one entry per backend), in the order the replies landed.
+        self.pools: list[dict[int, PoolEntry]] = [{} for _ in range(F)]
         # Fractional rates are exact rationals p/q; after k queries exactly floor(k p/q) probes
         # (removals) have been made, in integer arithmetic so no rounding drifts over long runs.
         self._probe_rate = _rational(params.r_probe)
@@ -128,9 +145,15 @@ class Prequal(Router):
         self._last_probe = [-INF] * F
         self._on_reply = [partial(self.receive, i) for i in range(F)]
         self.probes_sent = 0
+        # parameters read per probe reply, as plain attributes (a pydantic model's are slower)
+        self._rif_window = params.rif_window
+        self._pool_size = params.pool_size
+        self._budget_terms = (params.r_probe, params.r_remove, params.delta)
+        self._neighbour_counts = [len(nb) for nb in self.neighbours]
         self.max_age = params.max_age if params.max_age is not None else params.max_age_services * self.service_time()
         window = params.latency_window
-        self.backend_observer = lambda _j: LatencyByRif(window)
+        timeout = params.latency_timeout if params.latency_timeout is not None else self.max_age
+        self.backend_observer = lambda _j: LatencyByRif(window, timeout, ctx.now)
         if params.idle_probe_interval is not None:
             self.tick_interval = params.idle_probe_interval
 
@@ -152,21 +175,22 @@ class Prequal(Router):
 
         pool = self.pools[frontend]
         cutoff = now - self.max_age
-        for entry in pool:
+        for entry in pool.values():
             if entry.t_answered < cutoff:
-                pool[:] = [e for e in pool if e.t_answered >= cutoff]
+                for stale in [e for e in pool.values() if e.t_answered < cutoff]:
+                    del pool[stale.backend]
                 break
 
+        threshold = self.hot_threshold(frontend)  # the RIF window changes only when replies land
         if len(pool) < 2:
             backend = self.choice(self.neighbours[frontend])
         else:
-            threshold = self.hot_threshold(frontend)
             entry = self.select(pool, threshold)
             backend = entry.backend
             entry.rif += 1
             entry.uses_left -= 1
             if entry.uses_left <= 0:
-                pool.remove(entry)
+                del pool[backend]
 
         num, den = self._remove_rate
         for _ in range((queries + 1) * num // den - queries * num // den):
@@ -174,7 +198,7 @@ class Prequal(Router):
                 break
             worst = self._remove_worst_next[frontend]
             self._remove_worst_next[frontend] = not worst
-            pool.remove(self.worst(pool, self.hot_threshold(frontend)) if worst else self.oldest(pool))
+            del pool[(self.worst(pool, threshold) if worst else self.oldest(pool)).backend]
         return backend
 
     # -- probes -----------------------------------------------------------------------
@@ -206,37 +230,43 @@ class Prequal(Router):
 
     def receive(self, frontend: int, reply: ProbeReply) -> None:
         """A probe reply lands at ``frontend``: record its RIF, put it in the pool."""
+        rif = reply.rif
         fifo, ordered = self._rif_fifo[frontend], self._rif_sorted[frontend]
-        fifo.append(reply.rif)
-        insort(ordered, reply.rif)
-        if len(fifo) > self.params.rif_window:
+        fifo.append(rif)
+        insort(ordered, rif)
+        if len(fifo) > self._rif_window:
             del ordered[bisect_left(ordered, fifo.popleft())]
 
         pool = self.pools[frontend]
-        for entry in pool:
-            if entry.backend == reply.backend:
-                if entry.t_answered >= reply.t_answered:
-                    return  # overtaken on the way (jitter): the pool already has fresher news
-                pool.remove(entry)
-                break
-        uses = self.reuse_budget(len(pool), len(self.neighbours[frontend]))
-        if uses != INF:
-            whole = math.floor(uses)
-            uses = whole + (1 if self.uniform() < uses - whole else 0)
-        pool.append(PoolEntry(reply.backend, reply.rif, reply.latency, reply.t_answered, uses))
-        if len(pool) > self.params.pool_size:
-            pool.remove(self.oldest(pool))
+        backend = reply.backend
+        known = pool.get(backend)
+        if known is not None:
+            if known.t_answered >= reply.t_answered:
+                return  # overtaken on the way (jitter): the pool already has fresher news
+            del pool[backend]
+        uses = self.draw_reuses(len(pool), self._neighbour_counts[frontend])
+        pool[backend] = PoolEntry(backend, rif, reply.latency, reply.t_answered, uses)
+        if len(pool) > self._pool_size:
+            del pool[self.oldest(pool).backend]
 
     def reuse_budget(self, pool_size: int, neighbours: int) -> float:
         """b_reuse = max(1, (1+delta) / ((1 - m/n) r_probe - r_remove)), before random rounding.
 
         ``inf`` when the denominator is <= 0 (see the module docstring).
         """
-        p = self.params
-        denominator = (1.0 - pool_size / neighbours) * p.r_probe - p.r_remove
+        r_probe, r_remove, delta = self._budget_terms
+        denominator = (1.0 - pool_size / neighbours) * r_probe - r_remove
         if denominator <= 0.0:
             return INF
-        return max(1.0, (1.0 + p.delta) / denominator)
+        return max(1.0, (1.0 + delta) / denominator)
+
+    def draw_reuses(self, pool_size: int, neighbours: int) -> float:
+        """b_reuse randomly rounded (floor or ceiling, with the mean exact) with the router's RNG."""
+        budget = self.reuse_budget(pool_size, neighbours)
+        if budget == INF:
+            return INF
+        whole = int(budget)
+        return whole + (self.uniform() < budget - whole)
 
     # -- the hot-cold rule --------------------------------------------------------------
     def hot_threshold(self, frontend: int) -> float:
@@ -247,37 +277,37 @@ class Prequal(Router):
         k = math.ceil(self.params.q_rif * len(ordered)) - 1
         return ordered[min(max(k, 0), len(ordered) - 1)]
 
-    @staticmethod
-    def preference(entry: PoolEntry, threshold: float) -> tuple:
-        """The selection order, smallest first: cold by latency (unknown last) then RIF; then hot by RIF."""
-        if entry.rif > threshold:
-            return (1, entry.rif, 0.0)
-        latency = entry.latency
-        return (0, latency if latency == latency else INF, entry.rif)
+    def select(self, pool: dict[int, PoolEntry], threshold: float) -> PoolEntry:
+        """The entry HCL picks: the cold one with the lowest (latency, RIF), else the lowest RIF (ties at random)."""
+        cold = [e for e in pool.values() if e.rif <= threshold]
+        if cold:
+            best = min(cold, key=_COLD_ORDER)
+            ties = [e for e in cold if e.order == best.order and e.rif == best.rif]
+        else:
+            lowest = min(e.rif for e in pool.values())
+            ties = [e for e in pool.values() if e.rif == lowest]
+        return ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
 
-    def select(self, pool: list[PoolEntry], threshold: float) -> PoolEntry:
-        """The entry HCL picks (ties at random)."""
-        return self._extreme(pool, threshold, min)
-
-    def worst(self, pool: list[PoolEntry], threshold: float) -> PoolEntry:
-        """The entry HCL likes least (ties at random)."""
-        return self._extreme(pool, threshold, max)
-
-    def _extreme(self, pool, threshold, pick) -> PoolEntry:
-        preference = self.preference
-        keys = [preference(e, threshold) for e in pool]
-        best = pick(keys)
-        ties = [e for e, k in zip(pool, keys) if k == best]
+    def worst(self, pool: dict[int, PoolEntry], threshold: float) -> PoolEntry:
+        """The entry HCL likes least: the hot one with the highest RIF, else the slowest (ties at random)."""
+        hot = [e for e in pool.values() if e.rif > threshold]
+        if hot:
+            highest = max(e.rif for e in hot)
+            ties = [e for e in hot if e.rif == highest]
+        else:
+            cold = list(pool.values())
+            worst = max(cold, key=_COLD_ORDER)
+            ties = [e for e in cold if e.order == worst.order and e.rif == worst.rif]
         return ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
 
     @staticmethod
-    def oldest(pool: list[PoolEntry]) -> PoolEntry:
+    def oldest(pool: dict[int, PoolEntry]) -> PoolEntry:
         """The entry with the oldest information (earliest t_answered; the first received on a tie)."""
-        oldest = pool[0]
-        for entry in pool:
-            if entry.t_answered < oldest.t_answered:
-                oldest = entry
-        return oldest
+        return min(pool.values(), key=_T_ANSWERED)
+
+
+_COLD_ORDER = attrgetter("order", "rif")
+_T_ANSWERED = attrgetter("t_answered")
 
 
 def _rational(rate: float) -> tuple[int, int]:
