@@ -233,17 +233,21 @@ class Simulation:
     # -- probes (Prequal) -------------------------------------------------------------
     def probe(self, frontend: int, backend: int, on_reply: Callable[[ProbeReply], None]) -> None:
         """Send a probe that travels d_ij to the backend, reads its state there, and d_ij back."""
-        t_sent = self.env._now
         there, back = self._hop(frontend, backend), self._hop(frontend, backend)
+        self.env.schedule(Wakeup(self._probe_arrives, (backend, back, self.env._now, on_reply)), NORMAL, there)
 
-        def answer(_event):
-            now = self.env._now
-            b = self.backends[backend]
-            b.catch_up(now)
-            reply = ProbeReply(backend, b.jobs, b.latency_estimate(), t_sent, now)
-            self.env.schedule(Wakeup(lambda _e: on_reply(reply)), NORMAL, back)
+    def _probe_arrives(self, event: Wakeup) -> None:
+        backend, back, t_sent, on_reply = event.payload
+        now = self.env._now
+        b = self.backends[backend]
+        b.catch_up(now)
+        reply = ProbeReply(backend, b.jobs, b.latency_estimate(), t_sent, now)
+        self.env.schedule(Wakeup(self._probe_returns, (on_reply, reply)), NORMAL, back)
 
-        self.env.schedule(Wakeup(answer), NORMAL, there)
+    @staticmethod
+    def _probe_returns(event: Wakeup) -> None:
+        on_reply, reply = event.payload
+        on_reply(reply)
 
     def _hop(self, frontend: int, backend: int) -> float:
         delay = self.delay[frontend][backend]
