@@ -9,11 +9,31 @@ The Python API mirrors the CLI::
     lbsim.optimum(scenario)
 """
 
-from .engine import Result, simulate
+from typing import TYPE_CHECKING
+
 from .errors import ScenarioError
 from .scenario import Scenario, load_scenario
 
+if TYPE_CHECKING:
+    from .engine import Result
+
 __version__ = "0.1.0"
+
+
+def simulate(scenario, router=None, seed=None, progress=False, **router_params) -> "Result":
+    """Run one scenario once; see :func:`lbsim.engine.simulate`."""
+    from .engine import simulate as _simulate
+
+    return _simulate(scenario, router=router, seed=seed, progress=progress, **router_params)
+
+
+def __getattr__(name):
+    # The engine (SimPy, pandas, pyarrow) loads on first use: `lbsim validate` stays quick.
+    if name == "Result":
+        from .engine import Result
+
+        return Result
+    raise AttributeError(f"module 'lbsim' has no attribute {name!r}")
 
 
 def optimum(scenario):

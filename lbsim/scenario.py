@@ -73,7 +73,7 @@ class Simulation(_Table):
     @model_validator(mode="after")
     def _warmup_before_horizon(self):
         if self.warmup >= self.horizon:
-            raise ScenarioError("simulation.warmup", f"must be < horizon ({self.horizon}), got {self.warmup}")
+            raise ScenarioError("warmup", f"must be < horizon ({self.horizon}), got {self.warmup}")
         return self
 
 
@@ -255,9 +255,10 @@ class Scenario(_Table):
                 raise ScenarioError(f"network.connect[{i}]", f"frontend {self.frontend_label(i)} has no usable backend")
         self.jobs.distribution  # validates size parameters now, not mid-run
         self.network.jitter_distribution
-        from .routers.base import validate_params
+        from .routers.base import router_class, validate_params
 
-        validate_params(self.router.name, self.router.params)
+        params = validate_params(self.router.name, self.router.params)
+        router_class(self.router.name).check_scenario(params, self)
         for name in ("frontends", "backends"):
             names = [x.name for x in getattr(self, name) if x.name is not None]
             if len(names) != len(set(names)):
@@ -328,9 +329,6 @@ def _format_loc(loc: tuple) -> str:
     return key
 
 
-_FIELDS_AT: dict[str, type[BaseModel]] = {}
-
-
 def _first_error(exc: ValidationError, data: Mapping[str, Any]) -> ScenarioError:
     """Turn pydantic's report into one line naming the key (and the closest valid key)."""
     err = exc.errors()[0]
@@ -338,7 +336,11 @@ def _first_error(exc: ValidationError, data: Mapping[str, Any]) -> ScenarioError
     key = _format_loc(loc)
     ctx_error = (err.get("ctx") or {}).get("error")
     if isinstance(ctx_error, ScenarioError):
-        inner = ctx_error.key
+        # A validator names its key relative to its table, sometimes starting with
+        # the field it validates (make_rate's "service.c"): join without repeating it.
+        inner, last = ctx_error.key, str(loc[-1]) if loc else ""
+        if key and (inner == last or inner.startswith(last + ".")):
+            return ScenarioError(key + inner[len(last) :], ctx_error.message)
         return ScenarioError(f"{key}.{inner}" if key and inner else key or inner, ctx_error.message)
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])

@@ -146,6 +146,8 @@ class Simulation:
         # backends must also complete jobs on time (eager), not on demand.
         self.local_view = isinstance(self.view, LocalView)
         self.response_events = self.local_view or type(self.router).on_response is not Router.on_response
+        if lazy and self.response_events:
+            raise ValueError("lazy completions would deliver responses late: this run needs completion events")
         lazy = not self.response_events if lazy is None else lazy
         self.records = JobRecords()
         on_done = self._done if self.response_events else self.records.add

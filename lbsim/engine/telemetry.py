@@ -102,7 +102,7 @@ class LocalView(View):
 
     def __init__(self, backends, latency, mean_size, env):
         super().__init__(backends, latency, mean_size, env)
-        self.outstanding = [[0] * len(backends) for _ in range(latency.shape[0])]
+        self.outstanding = [[0] * latency.shape[1] for _ in range(latency.shape[0])]
 
     def jobs(self, frontend, backend):
         return self.outstanding[frontend][backend]

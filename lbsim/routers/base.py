@@ -105,6 +105,13 @@ class Router:
         """The current routing probabilities (F, B), for routers that route by a split."""
         return None
 
+    @classmethod
+    def check_scenario(cls, params: BaseModel, scenario: Any) -> None:
+        """Checks of the parameters that need the scenario (shapes...), run when it is loaded.
+
+        Raise :class:`~lbsim.errors.ScenarioError` naming the key.
+        """
+
     # -- helpers ------------------------------------------------------------------
     def uniform(self) -> float:
         """A U(0,1) draw from the router's own stream (drawn in batches: per-call numpy is slow)."""

@@ -61,16 +61,27 @@ class Weighted(SplitRouter):
     name = "weighted"
     Params = WeightedParams
 
+    @classmethod
+    def check_scenario(cls, params, scenario):
+        if params.split == "given":
+            cls._given(params, scenario.connect)
+
+    @staticmethod
+    def _given(params, connect: np.ndarray) -> np.ndarray:
+        F, B = connect.shape
+        w = np.array(params.weights, dtype=float)
+        w = np.broadcast_to(w, (F, B)) if w.ndim == 1 and w.shape == (B,) else w
+        if w.shape != (F, B):
+            raise ScenarioError("router.weights", f"must have {B} entries or be {F} x {B}, got shape {w.shape}")
+        if (w < 0).any() or not ((w * connect).sum(axis=1) > 0).all():
+            raise ScenarioError("router.weights", "must be >= 0 with a positive weight on a usable backend")
+        return w
+
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
         F, B = ctx.num_frontends, ctx.num_backends
         if params.split == "given":
-            w = np.array(params.weights, dtype=float)
-            w = np.broadcast_to(w, (F, B)) if w.ndim == 1 and w.shape == (B,) else w
-            if w.shape != (F, B):
-                raise ScenarioError("router.weights", f"must have {B} entries or be {F} x {B}, got shape {w.shape}")
-            if (w < 0).any() or not ((w * ctx.connect).sum(axis=1) > 0).all():
-                raise ScenarioError("router.weights", "must be >= 0 with a positive weight on a usable backend")
+            w = self._given(params, ctx.connect)
         elif params.split == "capacity":
             w = np.broadcast_to([r.supremum for r in ctx.rates], (F, B)).astype(float)
             w = np.where(np.isfinite(w), w, 1.0)
