@@ -36,11 +36,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'lbsim' has no attribute {name!r}")
 
 
-def optimum(scenario):
-    """The centralized optimal static split (DESIGN.md section 2): ``routing``, ``load``, ``mean_latency``."""
-    from .optimum import optimum as _optimum
-
-    return _optimum(scenario)
+# Imported eagerly: a submodule import would otherwise rebind ``lbsim.optimum``
+# from the function to the module of the same name.
+from .optimum import optimum  # noqa: E402
 
 
 __all__ = ["Result", "Scenario", "ScenarioError", "load_scenario", "optimum", "simulate"]

@@ -187,3 +187,60 @@ def optimum(scenario, overrides, as_json):
     click.echo("routing (rows: frontends):")
     for i in range(s.num_frontends):
         click.echo(f"  {s.frontend_label(i):>12}  " + " ".join(f"{p:.3f}" for p in opt.routing[i]))
+
+
+def _router_list(text: str) -> list[str]:
+    """``a,b:step=0.1,interval=0.2,c`` -> ``["a", "b:step=0.1,interval=0.2", "c"]``."""
+    from .experiments import _split_top_level
+
+    routers: list[str] = []
+    for item in _split_top_level(text):
+        item = item.strip()
+        if routers and "=" in item and ":" not in item.split("=", 1)[0]:
+            routers[-1] += "," + item  # a parameter of the router before it
+        else:
+            routers.append(item)
+    return routers
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--routers", required=True, help="comma-separated routers, each NAME or NAME:param=value,...")
+@click.option("--seeds", default="5", show_default=True, help="number of seeds (from simulation.seed on) or a list 1,2,3")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--out", type=click.Path(file_okay=False), help="write comparison.parquet/.csv, runs.parquet, latency_ccdf.png")
+@click.option("--workers", type=int, default=1, show_default=True, help="parallel runs")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
+@click.option("--scheduler", help="dask scheduler address (default: a LocalCluster)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@user_errors
+def compare(scenario, routers, seeds, overrides, out, workers, executor, scheduler, quiet):
+    """Compare routers on SCENARIO with common random numbers: mean and tail latency with 95% CIs."""
+    from .experiments import compare as run_compare
+
+    s = _load(scenario, overrides)
+    seed_list = [int(x) for x in seeds.split(",")] if "," in seeds else int(seeds)
+    result = run_compare(
+        s, _router_list(routers), seed_list, out=out, workers=workers, progress=False if quiet else True,
+        executor=executor, scheduler=scheduler,
+    )  # fmt: skip
+    if quiet:
+        click.echo(str(result))
+    if out:
+        click.echo(f"wrote {Path(out)}/")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="sweep directory (re-run to resume)")
+@click.option("--workers", type=int, default=1, show_default=True, help="parallel runs")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
+@click.option("--scheduler", help="dask scheduler address (default: a LocalCluster of --workers)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@user_errors
+def sweep(spec, out, workers, executor, scheduler, quiet):
+    """Run the sweep in SPEC (a TOML grid of keys, routers, seeds, job scales); resumable."""
+    from .experiments import sweep as run_sweep
+
+    table = run_sweep(spec, out, workers=workers, executor=executor, scheduler=scheduler, progress=not quiet)
+    click.echo(f"{len(table)} runs; results in {Path(out) / 'results.parquet'}")
