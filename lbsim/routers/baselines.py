@@ -22,10 +22,11 @@ class LeastLatency(Router):
     ``x / mu(x)`` is a backend's mean sojourn at steady-state load ``x``
     (Little's law), so this is the rule "send each job where it is expected
     to finish soonest". It is selfish routing: at equilibrium it equalises
-    average latencies (a Wardrop equilibrium) instead of marginal costs, and
-    Zhang et al. (arXiv:2411.17103, introduction) note that such policies
-    can be arbitrarily worse than the optimum (the Pigou example; see
-    ``scenarios/least_latency_trap.toml``).
+    average latencies (a Wardrop equilibrium) instead of marginal costs,
+    and, as Zhang et al. (arXiv:2411.17103, abstract) put it for naive
+    distributed policies, can be arbitrarily worse than the optimum: the
+    Pigou example of ``scenarios/least_latency_trap.toml`` is 4x off and
+    the ratio grows without bound as its batched backend's fixed cost -> 0.
 
     At ``xhat = 0`` the ratio is 0/0. We use ``sbar / mu_j(sbar)``: the
     expected sojourn of a job that joins an empty backend and so makes its
@@ -42,23 +43,26 @@ class LeastLatency(Router):
 
         def expected_sojourn(rate):
             def f(x):
-                x = max(x, sbar)
-                mu = float(rate.value(x))
-                return x / mu if mu > 0.0 else math.inf
+                x = np.maximum(x, sbar)
+                mu = rate.value(x)
+                return np.where(mu > 0.0, x / mu, np.inf)
 
             return MarginalTable(f, sbar)
 
         self._sojourn = [expected_sojourn(r) for r in ctx.rates]
+        self._sojourn_lists = [t.values for t in self._sojourn]
         self._round_trip = [[2.0 * float(ctx.latency[i, j]) for j in nb] for i, nb in enumerate(self.neighbours)]
 
     def route(self, frontend, job, view):
         candidates = self.neighbours[frontend]
-        sojourn = self._sojourn
-        values = [
-            rtt + sojourn[j][n]
-            for j, n, rtt in zip(candidates, view.jobs_of(frontend, candidates), self._round_trip[frontend])
-        ]
-        return self.pick_min(candidates, values)
+        counts = view.jobs_of(frontend, candidates)
+        lists = self._sojourn_lists
+        try:
+            sojourn = [lists[j][n] for j, n in zip(candidates, counts)]
+        except IndexError:  # a load never seen before: grow the tables
+            tables = self._sojourn
+            sojourn = [tables[j][n] for j, n in zip(candidates, counts)]
+        return self.pick_min(candidates, [s + rtt for s, rtt in zip(sojourn, self._round_trip[frontend])])
 
 
 @register
@@ -194,7 +198,7 @@ class WRR(Router):
         total_demand = float(np.sum(ctx.demand))
         self._capacity = [r.supremum if math.isfinite(r.supremum) else total_demand for r in ctx.rates]
         self._utilisation_tables = [
-            MarginalTable(lambda x, r=r, c=c: float(r.value(x)) / c, ctx.mean_size)
+            MarginalTable(lambda x, r=r, c=c: r.value(x) / c, ctx.mean_size)
             for r, c in zip(ctx.rates, self._capacity)
         ]
         self._received = [[0.0] * B for _ in range(F)]  # work in responses this interval

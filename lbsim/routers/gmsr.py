@@ -15,10 +15,10 @@ cache of mu_j, mu_j' and 1/mu_j' that the other model-based routers share.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Router, register
@@ -33,13 +33,14 @@ class MarginalTable:
 
     Observed loads are always ``n * sbar`` (DESIGN.md section 1), so a router
     that evaluates a rate function of the load on every job can index a list
-    instead of calling numpy per job. The list grows on demand, like the
-    backend's own table of rates.
+    instead of calling numpy per job. ``function`` is vectorised (it takes
+    an array of loads); the list grows on demand, doubling, one numpy call
+    per growth.
     """
 
     __slots__ = ("function", "mean_size", "values")
 
-    def __init__(self, function: Callable[[float], float], mean_size: float):
+    def __init__(self, function: Callable[[np.ndarray], np.ndarray], mean_size: float):
         self.function = function
         self.mean_size = mean_size
         self.values: list[float] = []
@@ -48,7 +49,9 @@ class MarginalTable:
         values = self.values
         if n >= len(values):
             grow = max(n + 1, 2 * len(values), 64)
-            values.extend(float(self.function(k * self.mean_size)) for k in range(len(values), grow))
+            with np.errstate(all="ignore"):
+                new = self.function(np.arange(len(values), grow) * self.mean_size)
+            values.extend(np.asarray(new, dtype=float).tolist())
         return values[n]
 
 
@@ -62,7 +65,7 @@ def discrete_marginal_rate_table(rate, mean_size: float, sign: float = 1.0) -> M
     return MarginalTable(lambda x: sign * (rate.value(x + mean_size) - rate.value(x)) / mean_size, mean_size)
 
 
-def marginal_cost(derivative: float, cap: float) -> float:
+def marginal_cost(derivative: np.ndarray, cap: float) -> np.ndarray:
     """``min(1/mu'(x), cap)``: the marginal serving cost in seconds, finite where ``mu' -> 0``.
 
     ``1/mu'`` is the derivative of the steady-state load ``mu^{-1}(Lambda)``
@@ -73,12 +76,14 @@ def marginal_cost(derivative: float, cap: float) -> float:
     arithmetic on it free of inf and NaN while still making them the most
     expensive choice.
     """
-    return cap if derivative * cap <= 1.0 else 1.0 / derivative
+    derivative = np.asarray(derivative, dtype=float)
+    with np.errstate(divide="ignore"):
+        return np.where(derivative * cap <= 1.0, cap, 1.0 / derivative)
 
 
 def marginal_cost_table(rate, mean_size: float, cap: float) -> MarginalTable:
     """``min(1/mu'(n sbar), cap)`` by job count."""
-    return MarginalTable(lambda x: marginal_cost(float(rate.derivative(x)), cap), mean_size)
+    return MarginalTable(lambda x: marginal_cost(rate.derivative(x), cap), mean_size)
 
 
 class GMSRParams(BaseModel):
@@ -87,7 +92,7 @@ class GMSRParams(BaseModel):
         "derivative",
         description=(
             "'derivative': argmax mu_j'(xhat_ij); 'discrete': argmax mu_j(xhat_ij + sbar) - mu_j(xhat_ij); "
-            "'latency': argmin 2 d_ij + 1/mu_j'(xhat_ij) (greedy DGD-LB gradient; herds under delay)"
+            "'latency': argmin 2 d_ij + 1/mu_j'(xhat_ij) (greedy DGD-LB gradient; may herd under delay)"
         ),
     )
     cost_cap: float = Field(
@@ -107,8 +112,9 @@ class GMSR(Router):
     * ``discrete``: the finite difference ``mu_j(xhat_ij + sbar) - mu_j(xhat_ij)``
       (the rate one more job actually adds; the same rule as sbar -> 0);
     * ``latency``: ``argmin 2 d_ij + 1/mu_j'(xhat_ij)``, the network-aware
-      greedy form of DGD-LB's gradient (Balseiro, Mirrokni, Wydrowski,
-      arXiv:2504.10693, eq. for g_ij); with large delays it herds.
+      greedy form of DGD-LB's gradient g_ij (Balseiro, Mirrokni, Wydrowski,
+      arXiv:2504.10693); every job of a delay window follows the same stale
+      state, so it may herd when delays are large (ALGORITHMS.md).
 
     Ties (identical backends at equal load, or several with ``mu' = +inf``
     at zero load) are broken uniformly with the router's RNG. Every variant
@@ -136,18 +142,17 @@ class GMSR(Router):
     def route(self, frontend, job, view):
         candidates = self.neighbours[frontend]
         counts = view.jobs_of(frontend, candidates)
-        keys, lists = self._keys, self._key_lists
+        lists = self._key_lists
+        try:
+            values = [lists[j][n] for j, n in zip(candidates, counts)]
+        except IndexError:  # a load never seen before: grow the tables
+            keys = self._keys
+            values = [keys[j][n] for j, n in zip(candidates, counts)]
         offsets = self._offsets[frontend]
-        best = math.inf
-        ties: list[int] = []
-        for k, (j, n) in enumerate(zip(candidates, counts)):
-            values = lists[j]
-            v = values[n] if n < len(values) else keys[j][n]
-            if offsets is not None:
-                v += offsets[k]
-            if v < best:
-                best = v
-                ties = [j]
-            elif v == best:
-                ties.append(j)
-        return ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
+        if offsets is not None:
+            values = [v + o for v, o in zip(values, offsets)]
+        best = min(values)
+        if values.count(best) == 1:
+            return candidates[values.index(best)]
+        ties = [j for j, v in zip(candidates, values) if v == best]
+        return ties[int(self.uniform() * len(ties))]
