@@ -45,10 +45,12 @@ which is what holds them together. ``c_ref`` is the median cost over the
 usable edges at a reference state (every backend at the load its
 capacity-proportional share of the demand gives it), so ``band`` is
 dimensionless: "within a relative band of the best marginal rate" for GMSR.
-A rest point satisfies ``|c_ij - c_ij'| <= eps`` on the used edges instead of
-equality, so it is ``O(band)`` away from the inclusion's; ``band -> 0``
-recovers the inclusion (``tests/test_fluid.py`` measures the linear
-convergence). The price is stiffness: with an undelayed loop the split reacts
+A rest point satisfies ``c_ij + eps p_ij = nu_i`` on the used edges (and
+``c_ij >= nu_i`` on the others) instead of equal costs: the optimality
+conditions with an extra ``(eps/2) sum_ij lambda_i p_ij^2``, so it is
+``O(band)`` away from the inclusion's rest point, and ``band -> 0`` recovers
+the inclusion (``tests/test_fluid.py`` measures both, and the linear
+convergence of whole trajectories). The price is stiffness: with an undelayed loop the split reacts
 to its own effect at rate ``R ~ Lambda * |dc/dx| / eps``, so the default time
 step keeps ``R dt <= 1``.
 
@@ -60,30 +62,46 @@ steps with the delayed terms read from history ring buffers:
   kept as step averages ``F_n`` and the work arriving at ``j`` during step
   ``n`` is ``dt * sum_i [phi F_{n-m-1} + (1-phi) F_{n-m}]_ij`` for
   ``d_ij = (m + phi) dt``. It is kept as a running rate updated by pushing
-  each change of ``F`` into a ring of future increments (one ``bincount`` per
-  change, nothing per step). For continuous splits (argmin routers) ``F_n``
-  is the trapezoid average of the split at ``t_n`` and ``t_{n+1}``;
+  each change of ``F`` into a window of future increments (one sparse
+  matrix-vector product per change, nothing per step). For continuous
+  splits (argmin routers) ``F_n`` is the trapezoid average of the split at
+  ``t_n`` and ``t_{n+1}``;
 * service is Heun's method (explicit trapezoid, RK2): predictor
   ``x~ = x_n + A_n - dt mu(x_n)``, corrector with ``(mu(x_n) + mu(x~))/2``;
   each clamped at 0 (a backend that empties within a step serves only the
   work it had: served work is ``min(dt * rate, x_n + arrivals)``);
-* observations ``x_j(t - d_ij)`` interpolate the stored states linearly (when
-  ``d_ij < dt`` the predicted state at ``t_{n+1}`` is used, as in
+* observations ``h_j(x_j(t - d_ij))`` (``h`` the router's signal: the load,
+  or a marginal cost) interpolate the signal of the stored states linearly
+  (when ``d_ij < dt`` the predicted state at ``t_{n+1}`` is used, as in
   continuous Runge-Kutta methods for delay equations; Bellen and Zennaro,
   *Numerical Methods for Delay Differential Equations*, 2003, ch. 4);
 * rate schedules and antagonist schedules enter as exact step averages.
 
 The method is second order for smooth dynamics (``tests/test_fluid.py``
-measures it against a ``dt/8`` reference); at kinks (``servers``, ``max_load``,
-a clamp at 0 with ``constant`` rates, active-set changes of a split) it is
-locally first order.
+measures it against a ``dt/8`` reference). At a kink inside a step (an
+arrival rate that jumps at ``t + d_ij``, ``servers`` or ``max_load`` knees,
+the support of a split changing) the local error is ``O(dt^2)`` instead of
+``O(dt^3)``: isolated kinks keep the global order 2, with a constant that
+depends on where they fall in their steps. Jumps of the rate at 0
+(``constant`` rates) are first order.
 
-The default ``dt`` is the smallest of: ``0.1 / r`` with ``r`` the fastest
-backend's rate scale (``mu_j'(0)``, or a secant where that is infinite);
-``sample_interval / 10``; ``horizon / 100``; for routers that observe, half the
-smallest positive delay (so the loop delay ``2 d`` spans 4 steps) and, when a
-loop has an observation lag shorter than a step, ``1/R`` (above); then
-shortened so that a router's ``interval`` is a whole number of steps.
+DGD-LB's ``step`` maps to the loop gain of the linearised flow as
+``K = step * lambda_i * d/dx[1/mu_j'](x*)`` (:func:`dgdlb_critical_step`,
+:func:`critical_gain`, :func:`loop_root`); its ticks add no delay to first
+order in ``interval`` (holding an update for an interval lags by half of
+it, applying the update at once leads by as much), which the fluid model
+confirms: the measured critical step is within 1% of the ``T = 2d``
+prediction for ``interval <= d``.
+
+The default ``dt`` (:func:`default_time_step`) is the smallest of: ``0.1 / r``
+with ``r`` the fastest backend's relaxation rate (``mu_j'(0)``, or a secant
+where that is infinite); ``sample_interval / 10``; ``horizon / 100``; and, for
+the continuous (argmin) routers, half the smallest positive observation delay
+(the loop delay ``2 d`` spans 4 steps: the herding oscillations live on that
+scale) or, if some loop has no delay, ``1/R`` (above). Static splits and DGD-LB
+need no delay resolution: their arrivals are integrated exactly and their
+observations interpolated at any ``dt``. Last, ``dt`` is shortened so that a
+router's ``interval`` is a whole number of steps.
 
 Initial condition: ``x0 = None`` is the simulator's: empty backends, nothing
 in transit, and ``x(t < 0) = 0``. A given ``x0`` (an array, or
@@ -101,17 +119,18 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache, partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
-import scipy.optimize
 
 from .errors import ScenarioError, unknown
 from .rates import RateFamily
+
+if TYPE_CHECKING:  # pandas and scipy load on first use: importing lbsim stays quick
+    import pandas as pd
 
 __all__ = [
     "FLUID_ROUTERS",
@@ -119,8 +138,10 @@ __all__ = [
     "FluidRouter",
     "RateVector",
     "critical_gain",
+    "default_time_step",
     "dgdlb_critical_step",
     "fluid",
+    "loop_root",
     "project_rows",
     "tie_split",
 ]
@@ -157,18 +178,27 @@ class RateVector:
             )
             vectorised = _vectorises(cls, params, [self.rates[j] for j in members])
             self._groups.append((cls, idx, params, vectorised))
-        self._whole = len(self._groups) == 1 and np.array_equal(self._groups[0][1], np.arange(self.num_backends))
+        whole = len(self._groups) == 1 and np.array_equal(self._groups[0][1], np.arange(self.num_backends))
+        if whole and self._groups[0][3]:  # one family, formulas vectorise: call it directly
+            cls, _, params, _ = self._groups[0]
+            self.value = partial(cls._value, params)
+            self.derivative = partial(cls._derivative, params)
+        # Per group: its backends and the bound formulas (or None: member by member).
+        self._methods = {
+            method: [
+                (idx, partial(getattr(cls, method), params) if vectorised else None)
+                for cls, idx, params, vectorised in self._groups
+            ]
+            for method in ("_value", "_derivative")
+        }
 
     def _call(self, method: str, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=float)
-        if self._whole and self._groups[0][3]:
-            cls, _, params, _ = self._groups[0]
-            return np.broadcast_to(getattr(cls, method)(params, x), x.shape)
         out = np.empty_like(x)
-        for cls, idx, params, vectorised in self._groups:
+        for idx, formula in self._methods[method]:
             xs = x[..., idx]
-            if vectorised:
-                out[..., idx] = getattr(cls, method)(params, xs)
+            if formula is not None:
+                out[..., idx] = formula(xs)
             else:
                 for k, j in enumerate(idx):
                     out[..., j] = getattr(self.rates[j], method)(xs[..., k])
@@ -194,7 +224,9 @@ def _vectorises(cls: type, params: SimpleNamespace, members: list[RateFamily]) -
     try:
         with np.errstate(all="ignore"):
             for method in ("_value", "_derivative"):
-                got = np.broadcast_to(getattr(cls, method)(params, x), x.shape)
+                got = getattr(cls, method)(params, x)
+                if np.shape(got) != x.shape:
+                    return False
                 want = np.stack([getattr(r, method)(probe) for r in members], axis=1)
                 if not np.allclose(got, want, rtol=1e-12, atol=0.0, equal_nan=True):
                     return False
@@ -206,7 +238,9 @@ def _vectorises(cls: type, params: SimpleNamespace, members: list[RateFamily]) -
 # ---------------------------------------------------------------------------------------
 # Projections and tie splits
 # ---------------------------------------------------------------------------------------
-def project_rows(v: np.ndarray, lower: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def project_rows(
+    v: np.ndarray, lower: np.ndarray | None = None, finite: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean projection of each row of ``v`` onto the probability simplex; returns ``(p, theta)``.
 
     ``p_ij = max(v_ij - theta_i, 0)`` with ``theta_i`` the root of the convex,
@@ -220,45 +254,78 @@ def project_rows(v: np.ndarray, lower: np.ndarray | None = None) -> tuple[np.nda
     previous split's support: ``(sum_{S} v - 1)/|S|`` is one for *any* set
     ``S`` because ``S_i(theta) >= sum_S (v - theta)``. Warm-started this way a
     slowly changing split converges in one or two passes over the array.
+    Rows up to :data:`SORT_BELOW` long are sorted instead (fewer numpy calls).
+    ``finite=True`` promises no ``-inf`` (excluded entries at :data:`EXCLUDED`
+    instead), which saves a pass.
     """
+    if v.shape[1] <= SORT_BELOW:
+        return _project_sorted(v)
+    if not finite:  # finite, so that products with a 0/1 mask are 0 off the support
+        v = np.maximum(v, EXCLUDED)
     theta = v.max(axis=1) - 1.0  # S(max v - 1) >= 1: always a lower bound
     if lower is not None:
         theta = np.maximum(theta, lower)
-    count = np.full(len(v), -1)
+    count = None
     for _ in range(4 * v.shape[1] + 4):
         active = v > theta[:, None]
-        n = active.sum(axis=1)
-        theta = (np.sum(v, axis=1, where=active) - 1.0) / n
-        if np.array_equal(n, count):
+        n = np.count_nonzero(active, axis=1)
+        theta = (np.einsum("ij,ij->i", v, active) - 1.0) / n
+        if count is not None and (n == count).all():
             break
         count = n
     else:  # pragma: no cover  (finite termination; kept as a guard against rounding loops)
         raise RuntimeError("simplex projection did not converge")
-    return np.maximum(v - theta[:, None], 0.0), theta
+    p = v - theta[:, None]
+    return np.maximum(p, 0.0, out=p), theta
 
 
-def support_bound(v: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """``(sum_{j in S_i} v_ij - 1) / |S_i|``: a lower bound of the projection's ``theta`` (see :func:`project_rows`)."""
-    n = support.sum(axis=1)
+#: a finite stand-in for -inf: an entry the projection must leave out
+EXCLUDED = -1e300
+#: rows up to this long are projected by sorting (fewer numpy calls); longer ones by Newton's method
+SORT_BELOW = 32
+
+
+def _project_sorted(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Duchi et al.'s sort-based projection (-inf entries sort last and never enter the support)."""
+    u = np.sort(v, axis=1)[:, ::-1]
+    css = np.cumsum(u, axis=1)
+    rows, k = _ranges(v.shape)
+    rho = np.add.reduce(u * k > css - 1.0, axis=1)  # the condition holds on a prefix (Duchi et al., Lemma 2)
+    theta = (css[rows, rho - 1] - 1.0) / rho
+    p = v - theta[:, None]
+    return np.maximum(p, 0.0, out=p), theta
+
+
+@lru_cache(maxsize=16)
+def _ranges(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(shape[0]), np.arange(1, shape[1] + 1)
+
+
+def support_bound(v: np.ndarray, support: np.ndarray, finite: bool = False) -> np.ndarray:
+    """``(sum_{j in S_i} v_ij - 1) / |S_i|``: a lower bound of the projection's ``theta`` (see :func:`project_rows`).
+
+    ``S_i`` must be within the finite entries of ``v``; an empty ``S_i`` gives ``-inf`` (no bound).
+    """
+    n = np.count_nonzero(support, axis=1)
+    total = np.einsum("ij,ij->i", v if finite else np.maximum(v, EXCLUDED), support)
     with np.errstate(invalid="ignore", divide="ignore"):
-        bound = (np.sum(v, axis=1, where=support) - 1.0) / n
-    return np.where(n > 0, bound, -np.inf)
+        return np.where(n > 0, (total - 1.0) / n, -np.inf)
 
 
 def tie_split(cost: np.ndarray, allowed: np.ndarray, eps: float, support: np.ndarray | None = None) -> np.ndarray:
     """The band-regularised argmin of each row of ``cost`` over ``allowed``: ``Proj_simplex(-(c - min c)/eps)``.
 
-    ``eps = 0`` is the plain argmin with exact ties shared equally (the limit
+    ``allowed=None`` allows every entry. ``eps = 0`` is the plain argmin with exact ties shared equally (the limit
     of the band). ``support`` (optional) is the previous split's support, a
     warm start for the projection.
     """
-    c = np.where(allowed, cost, np.inf)
+    c = cost if allowed is None else np.where(allowed, cost, np.inf)
     best = c.min(axis=1, keepdims=True)
     if eps <= 0.0:
         tied = c <= best
         return tied / tied.sum(axis=1, keepdims=True)
     v = (best - c) / eps  # 0 at the best, -inf where not allowed
-    lower = support_bound(v, support) if support is not None else None
+    lower = support_bound(v, support) if support is not None and v.shape[1] > SORT_BELOW else None
     return project_rows(v, lower)[0]
 
 
@@ -276,11 +343,18 @@ def register_fluid(cls: type[FluidRouter]) -> type[FluidRouter]:
 
 
 class FluidRouter:
-    """A router's fluid analogue: a split ``(F, B)`` as a function of time and the observed loads.
+    """A router's fluid analogue: a split ``(F, B)`` as a function of time and what frontends observe.
+
+    What a frontend observes of backend ``j`` is a *signal* ``h_j(x_j)`` of its
+    load (the load itself, or a marginal cost), read with the delay of the
+    telemetry: ``h_j(x_j(t - d_ij))``. The integrator evaluates ``h`` once per
+    stored state (B numbers) and interpolates the delayed signal, which is
+    ``h`` of the interpolated load to second order in ``dt`` and costs
+    ``F * B`` times less than evaluating ``h`` on every edge.
 
     * static routers implement :meth:`initial_split` only;
-    * ``continuous`` routers implement :meth:`split`, called at every stage of
-      every step with the observed loads ``xhat`` (F, B);
+    * ``continuous`` routers implement :meth:`split`, called at every stage
+      with the observed signal (F, B);
     * ``tick_interval`` routers implement :meth:`tick`, called at
       ``k * tick_interval`` (k >= 1) as the discrete router's ``tick`` is.
 
@@ -301,13 +375,17 @@ class FluidRouter:
     def observes(self) -> bool:
         return self.continuous or self.tick_interval is not None
 
+    def signal(self, x: np.ndarray) -> np.ndarray:
+        """``h_j(x[..., j])``: what the router reads of a backend at load ``x`` (default: the load)."""
+        return x
+
     def initial_split(self) -> np.ndarray:
         return self.model.connect / self.model.connect.sum(axis=1, keepdims=True)
 
-    def split(self, t: float, xhat: np.ndarray) -> np.ndarray:
+    def split(self, t: float, observed: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def tick(self, t: float, xhat: np.ndarray, p: np.ndarray) -> np.ndarray:
+    def tick(self, t: float, observed: np.ndarray, p: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def stiffness(self) -> float:
@@ -363,28 +441,33 @@ class Nearest(FluidRouter):
 
 
 class TieRouter(FluidRouter):
-    """An argmin rule ``argmin_j cost_ij(xhat_ij)``, regularised by the tolerance band (module docstring)."""
+    """``argmin_j offset_ij + h_j(xhat_ij)``, regularised by the tolerance band (module docstring)."""
 
     continuous = True
+    #: add the round trip 2 d_ij to the cost
+    network_aware: bool = False
 
     def __init__(self, name, params, model):
         super().__init__(name, params, model)
+        self.offset = model.round_trip if self.network_aware else None
         self.band = model.band
-        reference = np.broadcast_to(model.reference_load, model.connect.shape)
-        costs = self.cost(reference)[model.connect]
+        costs = self.cost(np.broadcast_to(model.reference_load, model.connect.shape))[model.connect]
         costs = costs[np.isfinite(costs) & (costs > 0)]
         self.cost_scale = float(np.median(costs)) if len(costs) else 1.0
         self.eps = self.band * self.cost_scale
         self._support: np.ndarray | None = None
 
     def cost(self, xhat: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """``offset_ij + h_j(xhat_ij)`` on loads (F, B)."""
+        h = self.signal(xhat)
+        return h + self.offset if self.offset is not None else h
 
     def initial_split(self) -> np.ndarray:
-        return self.split(0.0, np.broadcast_to(self.model.x0, self.model.connect.shape))
+        return self.split(0.0, np.broadcast_to(self.signal(self.model.x0), self.model.connect.shape))
 
-    def split(self, t, xhat):
-        p = tie_split(self.cost(xhat), self.model.connect, self.eps, self._support)
+    def split(self, t, observed):
+        cost = observed + self.offset if self.offset is not None else observed
+        p = tie_split(cost, self.model.allowed, self.eps, self._support)
         self._support = p > 0.0
         return p
 
@@ -395,18 +478,16 @@ class TieRouter(FluidRouter):
         model = self.model
         slopes = []
         for s in (0.0, 0.5, 1.0, 2.0):
-            x = np.broadcast_to(s * model.reference_load, model.connect.shape)
+            x = s * model.reference_load
             h = 1e-6 * np.maximum(model.reference_load, 1e-9)
-            slope = (self.cost(x + h) - self.cost(x)) / h
-            slopes.append(np.abs(np.where(model.connect, slope, 0.0)).max())
-        slope = np.nanmax(np.where(np.isfinite(slopes), slopes, 0.0))
-        return float(model.demand.sum() * slope / self.eps)
+            slope = np.abs(self.signal(x + h) - self.signal(x)) / h
+            slopes.append(np.where(np.isfinite(slope), slope, 0.0).max())
+        return float(model.demand.sum() * max(slopes) / self.eps)
 
 
-def _marginal_cost(model: _Model, xhat: np.ndarray, cap: float) -> np.ndarray:
-    """``min(1/mu_j'(xhat), cap)``, the discrete routers' capped marginal cost (seconds)."""
-    with np.errstate(divide="ignore"):
-        return np.minimum(1.0 / model.rates.derivative(xhat), cap)
+def _marginal_cost(model: _Model, x: np.ndarray, cap: float) -> np.ndarray:
+    """``min(1/mu_j'(x), cap)``, the discrete routers' capped marginal cost (seconds)."""
+    return np.minimum(1.0 / model.rates.derivative(x), cap)
 
 
 @register_fluid
@@ -421,9 +502,12 @@ class GMSR(TieRouter):
 
     names = ("gmsr",)
 
-    def cost(self, xhat):
-        c = _marginal_cost(self.model, xhat, self.params.cost_cap)
-        return self.model.round_trip + c if self.params.variant == "latency" else c
+    def __init__(self, name, params, model):
+        self.network_aware = params.variant == "latency"
+        super().__init__(name, params, model)
+
+    def signal(self, x):
+        return _marginal_cost(self.model, x, self.params.cost_cap)
 
 
 @register_fluid
@@ -431,12 +515,11 @@ class LeastLatency(TieRouter):
     """``least_latency``: ``argmin_j 2 d_ij + xhat_ij / mu_j(xhat_ij)`` (``1/mu_j'(0)`` at 0, its limit)."""
 
     names = ("least_latency",)
+    network_aware = True
 
-    def cost(self, xhat):
-        rates = self.model.rates
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sojourn = np.where(xhat > 0.0, xhat / rates.value(xhat), 1.0 / rates.derivative(np.zeros_like(xhat)))
-        return self.model.round_trip + np.minimum(sojourn, 1e300)
+    def signal(self, x):
+        sojourn = np.where(x > 0.0, x / self.model.rates.value(x), self.model.cost_at_zero)
+        return np.minimum(sojourn, 1e300)
 
 
 @register_fluid
@@ -444,9 +527,6 @@ class LeastLoad(TieRouter):
     """``least_load`` and ``jsq``: ``argmin_j xhat_ij`` (``nhat = xhat / sbar`` orders the same)."""
 
     names = ("least_load", "jsq")
-
-    def cost(self, xhat):
-        return np.array(xhat, dtype=float, copy=True)
 
 
 @register_fluid
@@ -468,15 +548,22 @@ class DGDLB(FluidRouter):
         super().__init__(name, params, model)
         self.tick_interval = params.interval
         self._eta = params.step * params.interval
+        self._shift = self._eta * model.round_trip  # eta * 2 d_ij, the part of the step that never changes
+
+    def signal(self, x):
+        return _marginal_cost(self.model, x, self.params.cost_cap)
 
     def initial_split(self):
         return np.array(_discrete_router(self.name, self.params, self.model).split(), dtype=float)
 
-    def tick(self, t, xhat, p):
+    def tick(self, t, observed, p):
         model = self.model
-        v = p - self._eta * (model.round_trip + _marginal_cost(model, xhat, self.params.cost_cap))
-        v[~model.connect] = -np.inf
-        return project_rows(v, support_bound(v, p > 0.0))[0]
+        v = p - self._shift
+        v -= self._eta * observed
+        if model.allowed is not None:
+            v[~model.connect] = EXCLUDED
+        lower = support_bound(v, p > 0.0, finite=True) if v.shape[1] > SORT_BELOW else None
+        return project_rows(v, lower, finite=True)[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -510,6 +597,8 @@ class _Model:
         self.num_frontends, self.num_backends = scenario.num_frontends, scenario.num_backends
         self.demand = scenario.demand
         self.connect = scenario.connect
+        #: the connect mask, or None when every frontend may use every backend (no masking needed)
+        self.allowed = None if self.connect.all() else self.connect
         self.latency = scenario.latency
         self.round_trip = 2.0 * self.latency
         self.rates = RateVector(scenario.service_rates)
@@ -524,6 +613,7 @@ class _Model:
         limits = [b.max_load if b.max_load is not None else math.inf for b in scenario.backends]
         self.max_load = np.array(limits) if any(math.isfinite(v) for v in limits) else None
         self.x0 = self._initial_state(x0)
+        self.prehistory = x0 is not None
         self.reference_load = self._reference_load()
 
     def _initial_state(self, x0) -> np.ndarray:
@@ -549,6 +639,11 @@ class _Model:
         flow = np.minimum(flow, 0.95 * cap)
         load = np.array([float(r.inverse(f)) for r, f in zip(self.rates.rates, flow)])
         return np.where(np.isfinite(load), load, 0.0)
+
+    @cached_property
+    def cost_at_zero(self) -> np.ndarray:
+        """``1/mu_j'(0)``: the limit of ``x/mu_j(x)`` at 0 (0 where ``mu_j'(0)`` is infinite)."""
+        return 1.0 / self.rates.derivative(np.zeros(self.num_backends))
 
     def rate_scale(self) -> float:
         """The fastest backend's relaxation rate (1/s): ``mu_j'(0)``, or twice a secant where that is infinite."""
@@ -615,12 +710,16 @@ class FluidResult:
     final_split: np.ndarray
     dt: float
     band: float | None
+    #: eps = band * typical cost: the argmin routers' tie band in cost units (None for other routers)
+    tie_tolerance: float | None
     steps: int
     wall_seconds: float
     x0: np.ndarray = field(repr=False, default=None)
 
     @cached_property
     def timeseries(self) -> pd.DataFrame:
+        import pandas as pd
+
         T, B = self.load.shape
         load = self.load.reshape(-1)
         return pd.DataFrame(
@@ -634,6 +733,8 @@ class FluidResult:
 
     @cached_property
     def routing(self) -> pd.DataFrame:
+        import pandas as pd
+
         frontend, backend = np.nonzero(self.scenario.connect)
         T = len(self.t) if self.split is not None else 0
         prob = self.split[:, frontend, backend].reshape(-1) if T else np.empty(0)
@@ -660,12 +761,23 @@ class FluidResult:
         return (network + float(np.sum(load))) / float(flow.sum())
 
     def steady_mean_latency(self, split: np.ndarray | None = None) -> float:
-        """The optimum's objective at a split: loads at their steady state ``mu_j^{-1}(Lambda_j)`` (inf if overloaded)."""
+        """The optimum's objective at a split, loads at their steady state ``mu_j^{-1}(Lambda_j)`` (inf: overloaded)."""
         split = self.final_split if split is None else split
         flow = self.scenario.demand[:, None] * split
         arrivals = flow.sum(axis=0)
         load = np.array([float(r.inverse(a)) for r, a in zip(self.scenario.service_rates, arrivals)])
         return self.mean_latency(load, split)
+
+    def settling_time(self, load: np.ndarray, tolerance: float = 0.01) -> float:
+        """The first sample time from which ``max_j |x_j - load_j| <= tolerance * max_j load_j`` (inf: never).
+
+        "From which": the error stays within the tolerance at every later sample.
+        """
+        error = np.abs(self.load - np.asarray(load)).max(axis=1) / np.max(np.abs(load))
+        outside = np.flatnonzero(error > tolerance)
+        if not len(outside):
+            return float(self.t[0]) if len(self.t) else math.inf
+        return float(self.t[outside[-1] + 1]) if outside[-1] + 1 < len(self.t) else math.inf
 
     def summary(self) -> dict[str, Any]:
         def clean(v):
@@ -680,6 +792,7 @@ class FluidResult:
             "dt": self.dt,
             "steps": self.steps,
             "band": self.band,
+            "tie_tolerance": self.tie_tolerance,
             "final_load": clean(self.final_load.tolist()),
             "final_split": clean(self.final_split.tolist()),
             "mean_latency": clean(self.mean_latency()),
@@ -736,27 +849,16 @@ def fluid(
     to the typical cost; 0 is the raw argmin, usable only with delays);
     ``record_split=False`` keeps no (T, F, B) split history (large scenarios).
     """
-    from .routers.base import validate_params
-
     started = time.perf_counter()
-    name = router or scenario.router.name
-    if name not in FLUID_ROUTERS:
-        raise ScenarioError("router", unknown("router with a fluid model", name, FLUID_ROUTERS))
-    params = dict(scenario.router.params) if name == scenario.router.name else {}
-    params.update(router_params)
-    validated = validate_params(name, params)
-    if not (band >= 0.0 and math.isfinite(band)):
-        raise ScenarioError("band", f"must be finite and >= 0, got {band}")
-    model = _Model(scenario, band, x0)
-    fluid_router = FLUID_ROUTERS[name](name, validated, model)
-    if fluid_router.observes and model.telemetry == "none":
-        raise ScenarioError("network.telemetry", f"router '{name}' needs telemetry; 'none' has no fluid model")
-    horizon = float(scenario.simulation.horizon if horizon is None else horizon)
-    if not horizon > 0:
-        raise ScenarioError("horizon", f"must be > 0, got {horizon}")
-    dt = _time_step(model, fluid_router, horizon, dt)
-    integrator = _Integrator(model, fluid_router, dt, horizon, record_split)
+    name, validated, horizon = _prepare(scenario, router, horizon, band, router_params)
+    # Rate formulas resolve their limits (k/0, 1/inf) with np.where, as in rates.py.
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        model = _Model(scenario, band, x0)
+        fluid_router = FLUID_ROUTERS[name](name, validated, model)
+        if fluid_router.observes and model.telemetry == "none":
+            raise ScenarioError("network.telemetry", f"router '{name}' needs telemetry; 'none' has no fluid model")
+        dt = _time_step(model, fluid_router, horizon, dt)
+        integrator = _Integrator(model, fluid_router, dt, horizon, record_split)
         integrator.run()
     return FluidResult(
         scenario=scenario,
@@ -769,26 +871,57 @@ def fluid(
         final_split=integrator.p,
         dt=dt,
         band=band if isinstance(fluid_router, TieRouter) else None,
+        tie_tolerance=fluid_router.eps if isinstance(fluid_router, TieRouter) else None,
         steps=integrator.n_steps,
         wall_seconds=time.perf_counter() - started,
         x0=model.x0,
     )
 
 
+def default_time_step(
+    scenario, router: str | None = None, horizon: float | None = None, *, band: float = BAND, **router_params
+) -> float:
+    """The ``dt`` :func:`fluid` would use for these arguments (module docstring), without integrating."""
+    name, validated, horizon = _prepare(scenario, router, horizon, band, router_params)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        model = _Model(scenario, band, None)
+        return _time_step(model, FLUID_ROUTERS[name](name, validated, model), horizon, None)
+
+
+def _prepare(scenario, router, horizon, band, router_params):
+    """Check the arguments: the router's name and validated parameters, and the horizon."""
+    from .routers.base import validate_params
+
+    name = router or scenario.router.name
+    if name not in FLUID_ROUTERS:
+        raise ScenarioError("router", unknown("router with a fluid model", name, FLUID_ROUTERS))
+    params = dict(scenario.router.params) if name == scenario.router.name else {}
+    params.update(router_params)
+    validated = validate_params(name, params)
+    if not (band >= 0.0 and math.isfinite(band)):
+        raise ScenarioError("band", f"must be finite and >= 0, got {band}")
+    horizon = float(scenario.simulation.horizon if horizon is None else horizon)
+    if not horizon > 0:
+        raise ScenarioError("horizon", f"must be > 0, got {horizon}")
+    return name, validated, horizon
+
+
 def _time_step(model: _Model, router: FluidRouter, horizon: float, dt: float | None) -> float:
+    """The default step (module docstring), then shortened to put a router's ticks on the grid."""
     sample = model.scenario.simulation.sample_interval
     if dt is None:
         candidates = [sample / 10.0, horizon / 100.0]
         r = model.rate_scale()
         if r > 0:
             candidates.append(0.1 / r)
-        if router.observes:
-            positive = model.observation[model.connect & (model.observation > 0)]
+        if router.continuous:
+            # The split follows the observed state continuously: resolve the loop delay 2d (4 steps), or,
+            # where a loop has no delay, the split's own reaction rate (explicit methods need R dt < 2).
+            lags = model.observation[model.connect]
+            positive = lags[lags > 0]
             if len(positive):
                 candidates.append(float(positive.min()) / 2.0)
-            stiff = router.stiffness()
-            shortest = float(model.observation[model.connect].min())
-            if stiff > 0 and shortest < min(candidates):  # an undelayed loop: its own reaction must be resolved
+            if len(positive) < len(lags) and (stiff := router.stiffness()) > 0:
                 candidates.append(1.0 / stiff)
         dt = min(candidates)
     if not (dt > 0 and math.isfinite(dt)):
@@ -830,26 +963,42 @@ class _Integrator:
             self._obs_a = cols - self.obs.whole * B
             self._obs_b = self._obs_a - B
             self._obs_interp = bool((self.obs.fraction > 0).any())
+            # The indices for each ring position, precomputed when that is not too much memory.
+            if self.ring_len * F * B <= 4_000_000 and not self.periodic:
+                offsets = (np.arange(self.ring_len) + self.ring_len) * B
+                self._obs_a_at = [self._obs_a + o for o in offsets]
+                self._obs_b_at = [self._obs_b + o for o in offsets] if self._obs_interp else None
+            else:
+                self._obs_a_at = None
         else:
             self.ring_len = 1
+        # The ring holds the router's signal h(x) of each stored state (what frontends observe).
         self.ring = np.empty((2 * self.ring_len, B))
-        self.ring[:] = model.x0
+        self.ring[:] = router.signal(model.x0) if router.observes else model.x0
+        self._signal = router.signal if router.observes else None
 
-        # Arrivals: running rate a (B,), future increments in a ring (rows n mod L).
+        # Arrivals: a running rate (B,) plus increments scheduled for future steps. A change of the
+        # sent flow at step k adds (1 - phi) of it at step k + m and phi at k + m + 1 (d = (m + phi) dt):
+        # one sparse (or, when small, dense) matrix maps a flow change (F*B,) to its increments.
+        import scipy.sparse
+
         self.transit = _Lags.of(model.transit, dt)
         depth = self.transit.steps + 2
-        self.inc_len = depth + 1
-        self.increments = np.zeros((self.inc_len, B))
-        rows = self.transit.whole * B + np.arange(B)[None, :]
-        frac = self.transit.fraction
-        if (frac > 0).any():
-            self._push_index = np.concatenate([rows.reshape(-1), (rows + B).reshape(-1)])
-            self._push_weights = (1.0 - frac, frac)
-        else:
-            self._push_index = rows.reshape(-1)
-            self._push_weights = None
-        self._push_rows = depth
-        self._push_offsets = np.arange(depth)
+        rows = (self.transit.whole * B + np.arange(B)[None, :]).reshape(-1)
+        cols = np.arange(F * B)
+        frac = self.transit.fraction.reshape(-1)
+        data = np.concatenate([1.0 - frac, frac])
+        keep = data > 0
+        matrix = scipy.sparse.csr_matrix(
+            (data[keep], (np.concatenate([rows, rows + B])[keep], np.concatenate([cols, cols])[keep])),
+            shape=(depth * B, F * B),
+        )
+        self._spread = matrix.toarray() if depth * B * F * B <= 250_000 else matrix
+        self._depth = depth
+        # Increments live in a window of rows (step - base); it slides when it runs out, so every push
+        # adds to one contiguous block instead of wrapping around a ring.
+        self._window = np.zeros((4 * depth + 8, B))
+        self._base = 0
 
         # Time-varying multipliers as step averages, only at the steps where they change.
         schedule = sim.rate_schedule or []
@@ -887,21 +1036,34 @@ class _Integrator:
 
     # -- histories -------------------------------------------------------------------------
     def _store(self, k: int, x: np.ndarray) -> None:
+        if self._signal is None:
+            return
+        h = self._signal(x)
         s = k % self.ring_len
-        self.ring[s] = x
-        self.ring[s + self.ring_len] = x
+        self.ring[s] = h
+        self.ring[s + self.ring_len] = h
 
     def observe(self, k: int) -> np.ndarray:
-        """``xhat_ij`` at ``t_k``: x_j at ``t_k - lag_ij``, linearly interpolated (F, B)."""
+        """The observed signal at ``t_k``: ``h_j(x_j)`` at ``t_k - lag_ij``, linearly interpolated (F, B)."""
         flat = self.ring.reshape(-1)
         if self.periodic:
             return self._observe_periodic(k, flat)
-        base = (k % self.ring_len + self.ring_len) * self.model.num_backends
-        xa = flat.take(self._obs_a + base)
-        if not self._obs_interp:
-            return xa
-        phi = self.obs.fraction
-        return xa + phi * (flat.take(self._obs_b + base) - xa)
+        if self._obs_a_at is not None:
+            slot = k % self.ring_len
+            xa = flat.take(self._obs_a_at[slot])
+            if not self._obs_interp:
+                return xa
+            xb = flat.take(self._obs_b_at[slot])
+        else:
+            base = (k % self.ring_len + self.ring_len) * self.model.num_backends
+            xa = flat.take(self._obs_a + base)
+            if not self._obs_interp:
+                return xa
+            xb = flat.take(self._obs_b + base)
+        xb -= xa
+        xb *= self.obs.fraction
+        xb += xa
+        return xb
 
     def _observe_periodic(self, k: int, flat: np.ndarray) -> np.ndarray:
         """The last report: sent at the largest ``q P <= t - d_ij`` (before 0: the initial history)."""
@@ -916,13 +1078,16 @@ class _Integrator:
 
     def push(self, delta: np.ndarray, k: int) -> None:
         """A change ``delta`` (F, B) of the sent flow from step ``k`` on: schedule its arrival increments."""
-        if self._push_weights is None:
-            weights = delta.reshape(-1)
-        else:
-            weights = np.concatenate([(self._push_weights[0] * delta).reshape(-1), (self._push_weights[1] * delta).reshape(-1)])
-        B = self.model.num_backends
-        contrib = np.bincount(self._push_index, weights=weights, minlength=self._push_rows * B)
-        self.increments[(k + self._push_offsets) % self.inc_len] += contrib.reshape(self._push_rows, B)
+        start = k - self._base
+        self._window[start : start + self._depth] += (self._spread @ delta.reshape(-1)).reshape(self._depth, -1)
+
+    def _slide(self, n: int) -> None:
+        """Make row 0 of the window step ``n`` (rows before it have been consumed)."""
+        shift = n - self._base
+        kept = len(self._window) - shift
+        self._window[:kept] = self._window[shift:]
+        self._window[kept:] = 0.0
+        self._base = n
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -932,7 +1097,7 @@ class _Integrator:
         self._store(0, x)
         p = router.initial_split()
         scale = self.lam_initial
-        if model.x0.any():  # a constant history: the initial split has been in use before 0
+        if model.prehistory:  # a constant history: the initial split has been in use before 0
             sent = (scale * lam)[:, None] * p
             rate = sent.sum(axis=0)
         else:
@@ -940,14 +1105,20 @@ class _Integrator:
             rate = np.zeros(model.num_backends)
         continuous, tick = router.continuous, router.tick_interval
         tick_every = round(tick / dt) if tick is not None else 0
+        # When every observation lag is at least a step, the split at t_{n+1} reads only stored states,
+        # so the one computed for the corrector is the next step's split: one evaluation per step.
+        reuse = continuous and bool((self.obs.whole[model.connect] >= 1).all())
+        p_next = None
         lam_events, capacity_events = self.lam_events, self.capacity_events
         multiplier = self.multiplier
         departure, push, observe, store = model.departure, self.push, self.observe, self._store
-        increments, inc_len = self.increments, self.inc_len
+        window, room = self._window, len(self._window) - self._depth - 1
         sample_step, sample_frac = self._sample_step, self._sample_frac
         next_sample, n_samples = 0, len(sample_step)
         changed = True
         for n in range(self.n_steps):
+            if n - self._base >= room:
+                self._slide(n)
             if n in lam_events:
                 scale = lam_events[n]
                 changed = True
@@ -955,7 +1126,7 @@ class _Integrator:
                 idx, values = capacity_events[n]
                 multiplier[idx] = values
             if continuous:
-                p = router.split(n * dt, observe(n))
+                p = p_next if p_next is not None else router.split(n * dt, observe(n))
                 changed = True
             elif tick_every and n and n % tick_every == 0:
                 p = router.tick(n * dt, observe(n), p)
@@ -964,19 +1135,24 @@ class _Integrator:
                 flow = (scale * lam)[:, None] * p
                 push(flow - sent, n)
                 sent = flow
-                changed = not continuous and n + 1 in lam_events
-            slot = n % inc_len
-            arrivals = rate + increments[slot]
+                changed = False
+            row = n - self._base
+            arrivals = rate + window[row]
             mu_now = departure(x, multiplier)
-            predictor = np.maximum(x + dt * (arrivals - mu_now), 0.0)
+            predictor = x + dt * (arrivals - mu_now)
+            np.maximum(predictor, 0.0, out=predictor)
             if continuous:
-                store(n + 1, predictor)
+                if not reuse:
+                    store(n + 1, predictor)
                 p_next = router.split((n + 1) * dt, observe(n + 1))
                 flow = (0.5 * scale * lam)[:, None] * (p + p_next)
                 push(flow - sent, n)
                 sent = flow
-                arrivals = rate + increments[slot]
-            x_next = np.maximum(x + dt * (arrivals - 0.5 * (mu_now + departure(predictor, multiplier))), 0.0)
+                arrivals = rate + window[row]
+                if not reuse:
+                    p_next = None
+            x_next = x + dt * (arrivals - 0.5 * (mu_now + departure(predictor, multiplier)))
+            np.maximum(x_next, 0.0, out=x_next)
             store(n + 1, x_next)
             while next_sample < n_samples and sample_step[next_sample] == n:
                 f = sample_frac[next_sample]
@@ -984,9 +1160,10 @@ class _Integrator:
                 if self.sample_split is not None:
                     self.sample_split[next_sample] = p
                 next_sample += 1
-            increments[slot] = 0.0
             rate = arrivals
             x = x_next
+        if continuous:  # the split at the final state, as the other routers' is
+            p = router.split(self.n_steps * dt, observe(self.n_steps))
         self.x, self.p = x, p
 
 
@@ -1000,12 +1177,34 @@ def critical_gain(a: float, loop_delay: float) -> tuple[float, float]:
     ``K cos(wT) = w^2`` and ``K sin(wT) = a w``, so ``w T = arctan(a / w)`` (a
     root in ``(0, pi / (2T))``) and ``K_crit = w sqrt(w^2 + a^2)``.
     """
+    import scipy.optimize
+
     if loop_delay <= 0:
         return math.inf, math.inf
     w = scipy.optimize.brentq(
         lambda w: w * loop_delay - math.atan(a / w), 1e-12 / loop_delay, math.pi / (2 * loop_delay), xtol=1e-15
     )
     return w * math.sqrt(w * w + a * a), w
+
+
+def loop_root(a: float, gain: float, loop_delay: float) -> complex:
+    """The rightmost root ``s`` of ``s^2 + a s + K e^{-s T} = 0`` (the oscillating one near the boundary).
+
+    ``Re s < 0``: perturbations decay like ``e^{Re(s) t}``; ``Re s > 0``: they
+    grow. Found by Newton's method from the boundary root ``i w`` of
+    :func:`critical_gain`, following ``K`` from ``K_crit`` in small steps.
+    """
+    k_crit, w = critical_gain(a, loop_delay)
+    s = complex(0.0, w)
+    for k in np.linspace(k_crit, gain, 41)[1:]:
+        for _ in range(50):
+            e = k * np.exp(-s * loop_delay)
+            f = s * s + a * s + e
+            step = f / (2 * s + a - loop_delay * e)
+            s -= step
+            if abs(step) < 1e-14 * max(1.0, abs(s)):
+                break
+    return complex(s)
 
 
 def dgdlb_critical_step(rate: RateFamily, load: float, demand: float, delay: float) -> float:

@@ -180,6 +180,7 @@ class Simulation:
             for i, f in enumerate(scenario.frontends)
         ]
         self.antagonist_rngs = streams["antagonist"]
+        self.network_extras = self.local_view or self.jitter is not None
 
         self.samples = SampleRecords()
         self.splits = SplitRecords(scenario.connect) if self.router.split() is not None else None
@@ -199,12 +200,9 @@ class Simulation:
         if not self.connect[i][j]:
             raise RuntimeError(f"router {self.router.name!r} sent a job from frontend {i} to forbidden backend {j}")
         job.backend = j
-        if self.local_view:
-            self.view.outstanding[i][j] += 1
         delay = job.return_delay = self.delay[i][j]
-        if self.jitter is not None:  # both directions drawn now, in arrival order: reproducible
-            delay += self.jitter.next()
-            job.return_delay += self.jitter.next()
+        if self.network_extras:
+            delay = self._extras(job, delay)
         if delay > 0.0:
             self.to_backends += 1
             env.schedule(Wakeup(self._reach_backend, job), NORMAL, delay)
@@ -215,6 +213,15 @@ class Simulation:
         if t < self.horizon:
             event.callbacks = [self._arrive]
             env.schedule(event, NORMAL, t - now)
+
+    def _extras(self, job: Job, delay: float) -> float:
+        """What only some runs need on a job's way out: local telemetry counts and jitter."""
+        if self.local_view:
+            self.view.outstanding[job.frontend][job.backend] += 1
+        if self.jitter is not None:  # both directions drawn now, in arrival order: reproducible
+            delay += self.jitter.next()
+            job.return_delay += self.jitter.next()
+        return delay
 
     def _reach_backend(self, event: Wakeup) -> None:
         self.to_backends -= 1

@@ -14,7 +14,8 @@ class Random(Router):
     name = "random"
 
     def route(self, frontend, job, view):
-        return self.choice(self.neighbours[frontend])
+        candidates = self.neighbours[frontend]
+        return candidates[int(self.uniform() * len(candidates))]
 
 
 @register
