@@ -31,21 +31,26 @@ class Result:
     seed: int
     counts: dict[str, int]
     wall_seconds: float
+    measures: Any = field(default=None, repr=False)
     _summary: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def from_simulation(cls, sim) -> Result:
-        horizon = sim.horizon
-        jobs = sim.records.frame(horizon)
+        from .records import LatencyRecords, Measures
+
+        jobs = sim.records.frame(sim.horizon)
+        if isinstance(sim.records, LatencyRecords):
+            measures = sim.records.measures()
+        else:
+            measures = Measures.of_jobs(jobs, len(sim.records), sim.scenario.simulation.warmup)
         at_backends = sum(b.jobs for b in sim.backends)
-        responses_in_flight = len(sim.records) - len(jobs)
         counts = {
             "jobs_arrived": sim.arrived,
-            "jobs_completed": len(jobs),
+            "jobs_completed": measures.completed,
             "jobs_to_backends_end": sim.to_backends,
             "jobs_at_backends_end": at_backends,
-            "jobs_responding_end": responses_in_flight,
-            "jobs_in_system_end": sim.to_backends + at_backends + responses_in_flight,
+            "jobs_responding_end": measures.responding,
+            "jobs_in_system_end": sim.to_backends + at_backends + measures.responding,
         }
         routing = sim.splits.frame() if sim.splits is not None else _empty_routing()
         return cls(
@@ -57,6 +62,7 @@ class Result:
             seed=sim.seed,
             counts=counts,
             wall_seconds=sim.wall_seconds,
+            measures=measures,
         )
 
     @property
@@ -64,7 +70,7 @@ class Result:
         return self.scenario.simulation.warmup
 
     def measured(self) -> pd.DataFrame:
-        """Jobs that arrived after the warm-up: what the statistics are computed on."""
+        """Jobs that arrived after the warm-up (empty when job records were switched off)."""
         return self.jobs[self.jobs["t_arrival"] >= self.warmup]
 
     def summary(self) -> dict[str, Any]:
@@ -72,11 +78,11 @@ class Result:
         if self._summary is not None:
             return self._summary
         sim = self.scenario.simulation
-        measured = self.measured()
-        latency = measured["latency"].to_numpy()
+        m = self.measures
+        latency = m.latency
         window = sim.horizon - sim.warmup
-        landed = self.jobs["t_response"].to_numpy() >= sim.warmup
         nan = float("nan")
+        some = len(latency) > 0
         summary: dict[str, Any] = {
             "scenario": self.scenario.name,
             "router": self.router,
@@ -86,15 +92,12 @@ class Result:
             "warmup": sim.warmup,
             **self.counts,
             "jobs_measured": int(len(latency)),
-            "mean_latency": float(latency.mean()) if len(latency) else nan,
-            **{
-                name: float(np.quantile(latency, q)) if len(latency) else nan
-                for name, q in QUANTILES.items()
-            },
-            "mean_sojourn": float(measured["sojourn"].mean()) if len(latency) else nan,
-            "mean_network": float((measured["latency"] - measured["sojourn"]).mean()) if len(latency) else nan,
-            "throughput": float(self.jobs["size"].to_numpy()[landed].sum() / window),
-            "throughput_jobs": float(landed.sum() / window),
+            "mean_latency": float(latency.mean()) if some else nan,
+            **{name: float(np.quantile(latency, q)) if some else nan for name, q in QUANTILES.items()},
+            "mean_sojourn": float(m.sojourn.mean()) if some else nan,
+            "mean_network": float((latency - m.sojourn).mean()) if some else nan,
+            "throughput": m.work_landed / window,
+            "throughput_jobs": m.jobs_landed / window,
             "offered_load": float(self.scenario.demand.sum()),
             "wall_seconds": round(self.wall_seconds, 6),
             "jobs_per_second": round(self.counts["jobs_arrived"] / self.wall_seconds, 1)
@@ -109,6 +112,8 @@ class Result:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         tables = {"jobs": self.jobs, "timeseries": self.timeseries}
+        if not self.scenario.simulation.record_jobs:
+            del tables["jobs"]
         if len(self.routing):
             tables["routing"] = self.routing
         for name, frame in tables.items():

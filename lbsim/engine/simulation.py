@@ -30,7 +30,7 @@ from ..routers.base import ProbeReply, Router, RouterContext, make_router
 from ..scenario import Scenario
 from .backend import Backend
 from .jobs import Job, Wakeup
-from .records import JobRecords, SampleRecords, SplitRecords
+from .records import JobRecords, LatencyRecords, SampleRecords, SplitRecords
 from .telemetry import DelayedView, LocalView, PeriodicView, make_view
 
 #: Subsystems that draw random numbers, each from its own spawned stream
@@ -149,7 +149,7 @@ class Simulation:
         if lazy and self.response_events:
             raise ValueError("lazy completions would deliver responses late: this run needs completion events")
         lazy = not self.response_events if lazy is None else lazy
-        self.records = JobRecords()
+        self.records = JobRecords() if sim.record_jobs else LatencyRecords(sim.warmup, sim.horizon)
         on_done = self._done if self.response_events else self.records.add
         rate_tables: dict = {}  # backends with the same rate function share one table
         self.backends = [
