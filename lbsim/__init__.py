@@ -37,8 +37,10 @@ def __getattr__(name):
 
 
 # Imported eagerly: a submodule import would otherwise rebind ``lbsim.optimum``
-# from the function to the module of the same name.
+# (``lbsim.fluid``, ``lbsim.scaling``) from the function to the module of the same name.
+from .fluid import fluid  # noqa: E402
 from .optimum import optimum  # noqa: E402
+from .scaling import scaling  # noqa: E402
 
 
-__all__ = ["Result", "Scenario", "ScenarioError", "load_scenario", "optimum", "simulate"]
+__all__ = ["Result", "Scenario", "ScenarioError", "fluid", "load_scenario", "optimum", "scaling", "simulate"]

@@ -244,3 +244,49 @@ def sweep(spec, out, workers, executor, scheduler, quiet):
 
     table = run_sweep(spec, out, workers=workers, executor=executor, scheduler=scheduler, progress=not quiet)
     click.echo(f"{len(table)} runs; results in {Path(out) / 'results.parquet'}")
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--router", help="router with a fluid analogue (default: the scenario's)")
+@click.option("--horizon", type=float, help="model seconds (default: simulation.horizon)")
+@click.option("--dt", type=float, help="time step (default: from the delays and the fastest rate)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory")
+@user_errors
+def fluid(scenario, router, horizon, dt, overrides, out):
+    """Integrate the fluid model of SCENARIO: timeseries.parquet and routing.parquet, as `lbsim run`."""
+    from .fluid import fluid as integrate
+
+    s = _load(scenario, _router_switch(scenario, router, overrides))
+    result = integrate(s, horizon=horizon, dt=dt)
+    result.write(out)
+    for key, value in result.summary().items():
+        if not isinstance(value, (list, dict)):
+            click.echo(f"{key:<24} {value}")
+    click.echo(f"wrote {Path(out)}/")
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--router", help="router (default: the scenario's)")
+@click.option("--scales", default="1,0.1,0.01,0.001", show_default=True, help="comma-separated job scales")
+@click.option("--seeds", type=int, default=4, show_default=True, help="seeds per scale (common across scales)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory")
+@click.option("--workers", type=int, default=1, show_default=True, help="parallel runs")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@user_errors
+def scaling(scenario, router, scales, seeds, overrides, out, workers, quiet):
+    """Job-size scaling: distance between simulated loads and the fluid model as job_scale shrinks."""
+    from .scaling import scaling as study
+
+    s = _load(scenario, _router_switch(scenario, router, overrides))
+    try:
+        scale_list = [float(x) for x in scales.split(",")]
+    except ValueError:
+        raise ScenarioError("--scales", f"must be comma-separated numbers, got {scales!r}") from None
+    result = study(s, s.router.name, scale_list, seeds, out=out, progress=not quiet, workers=workers)
+    if quiet:  # with progress on, the study prints its table itself
+        click.echo(result.format_table())
+    click.echo(f"wrote {Path(out)}/")
