@@ -17,12 +17,13 @@ class Job:
         self.frontend = frontend
         self.size = size
         self.t_arrival = t_arrival
-        self.backend = -1
-        self.t_backend_arrival = float("nan")
-        self.return_delay = 0.0  # d_ij plus the response's jitter, fixed when the job is routed
+        # Set on the way (one fewer store each per job here): ``backend`` and
+        # ``return_delay`` (d_ij plus the response's jitter) when the job is
+        # routed, ``t_backend_arrival`` when it reaches the backend.
 
     def __repr__(self) -> str:
-        return f"Job({self.job_id}, frontend={self.frontend}, backend={self.backend}, size={self.size:.4g})"
+        backend = getattr(self, "backend", None)
+        return f"Job({self.job_id}, frontend={self.frontend}, backend={backend}, size={self.size:.4g})"
 
 
 class Wakeup:

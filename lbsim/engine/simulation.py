@@ -66,8 +66,8 @@ class ArrivalStream:
         self.sample_size = sample_size
         self.pending_size = 0.0  # size of the job whose arrival is scheduled
         self._operational = 0.0  # cumulative unit-rate time of the last arrival drawn
-        self._times: list[float] = []
-        self._sizes: list[float] = []
+        self.times: list[float] = []  # the next arrival times and sizes, last first
+        self.sizes: list[float] = []
         # Breakpoints of M(t) = integral of the multiplier m(s) ds (m = 1 before the first).
         steps = [(0.0, 1.0)] + [(t, m) for t, m in (schedule or []) if t > 0.0]
         if schedule and schedule[0][0] == 0.0:
@@ -77,12 +77,12 @@ class ArrivalStream:
         widths = np.diff(self._starts)
         self._cumulative = np.concatenate([[0.0], np.cumsum(widths * self._multipliers[:-1])])
 
-    def _refill(self) -> None:
+    def refill(self) -> None:
         gaps = self.arrival_rng.exponential(1.0, BATCH)
         operational = self._operational + np.cumsum(gaps)
         self._operational = float(operational[-1])
-        self._times = self._invert(operational / self.job_rate)[::-1].tolist()
-        self._sizes = self.sample_size(self.size_rng, BATCH)[::-1].tolist()
+        self.times = self._invert(operational / self.job_rate)[::-1].tolist()
+        self.sizes = self.sample_size(self.size_rng, BATCH)[::-1].tolist()
 
     def _invert(self, m: np.ndarray) -> np.ndarray:
         """t with M(t) = m, the earliest such t (flat stretches of M have m(t) = 0)."""
@@ -94,9 +94,9 @@ class ArrivalStream:
 
     def next(self) -> tuple[float, float]:
         """(arrival time, size) of the next job."""
-        if not self._times:
-            self._refill()
-        return self._times.pop(), self._sizes.pop()
+        if not self.times:
+            self.refill()
+        return self.times.pop(), self.sizes.pop()
 
 
 class Simulation:
@@ -209,7 +209,10 @@ class Simulation:
         else:
             self.backends[j].arrive(job)
         # The next arrival reuses this event: one is pending per frontend at a time.
-        t, stream.pending_size = stream.next()
+        if not stream.times:
+            stream.refill()
+        t = stream.times.pop()
+        stream.pending_size = stream.sizes.pop()
         if t < self.horizon:
             event.callbacks = [self._arrive]
             env.schedule(event, NORMAL, t - now)
