@@ -4,6 +4,7 @@
     python benchmarks/bench_engine.py routers    # jobs/s of every router on scenarios/bench.toml
     python benchmarks/bench_engine.py scaling    # power_of_d, 16 vs 1024 backends
     python benchmarks/bench_engine.py memory     # peak RSS of a 5-million-job run with job records
+    python benchmarks/bench_engine.py instructions  # the same scaling in CPU instructions per job (valgrind)
 
 Figures are simulated jobs per wall second of the whole ``lbsim.simulate``
 call (set-up, run, DataFrames), best of ``--repeat`` runs.
@@ -102,6 +103,48 @@ def bench_memory(jobs: int = 5_000_000) -> None:
     print(f"  peak RSS {float(peak_mib):,.0f} MiB (target < 1.5 GB = 1430 MiB)")
 
 
+INSTRUCTIONS_CHILD = """
+import sys
+sys.path.insert(0, {here!r})
+from bench_engine import wide_scenario
+import lbsim
+backends, jobs = int(sys.argv[1]), int(sys.argv[2])
+scenario = wide_scenario(backends, max(jobs, 1000))
+if jobs:
+    lbsim.simulate(scenario)
+"""
+
+
+def bench_instructions(jobs: int = 40_000) -> None:
+    """Instructions per job under callgrind: the same on a busy or a quiet machine.
+
+    Each count is the difference between a run of ``jobs`` jobs and a run of
+    none, so start-up and imports cancel out.
+    """
+    import re
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        print("instructions: valgrind not installed (apt-get install valgrind)")
+        return
+    child = INSTRUCTIONS_CHILD.format(here=str(Path(__file__).resolve().parent))
+
+    def count(backends: int, n: int) -> int:
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", child,
+             str(backends), str(n)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return int(re.search(r"refs:\s*([\d,]+)", out.stderr).group(1).replace(",", ""))
+
+    print(f"power_of_d (d=2): CPU instructions per job under callgrind ({jobs} jobs minus none)")
+    per_job = {}
+    for backends in (16, 1024):
+        per_job[backends] = (count(backends, jobs) - count(backends, 0)) / jobs
+        print(f"  {backends:>5} backends  {per_job[backends]:>10,.0f} instructions/job")
+    print(f"  change 16 -> 1024 backends: {per_job[1024] / per_job[16] - 1:+.1%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", nargs="*", default=["routers", "scaling", "memory"])
@@ -109,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     for what in args.what:
         {"routers": lambda: bench_routers(args.repeat), "scaling": lambda: bench_scaling(args.repeat),
-         "memory": bench_memory}[what]()  # fmt: skip
+         "memory": bench_memory, "instructions": bench_instructions}[what]()  # fmt: skip
 
 
 if __name__ == "__main__":
