@@ -64,7 +64,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .files import atomic_write, write_parquet, write_text
 from .engine import Simulation, simulate
 from .engine.result import TIMING_FIELDS
 from .errors import ScenarioError, unknown
@@ -621,7 +622,8 @@ def sweep(
     def save(key: str, summary: dict[str, Any]) -> None:
         run = by_key[key]
         record = {"key": key, "params": run.params, "summary": summary, "config": run.config}
-        _write_atomic(run_dir / f"{key}.json", json.dumps(record, indent=1, allow_nan=True) + "\n")
+        # fsync too: a run file that exists is a run that finished, even after a crash
+        write_text(run_dir / f"{key}.json", json.dumps(record, indent=1, allow_nan=True) + "\n", sync=True)
         records[key] = record
 
     tasks = [(run.key, run.config) for run in runs if run.key not in records]
@@ -637,24 +639,9 @@ def sweep(
         desc="sweep",
     )
     results, timings = _tables(runs, records)
-    _write_parquet(results, out / "results.parquet")
-    _write_parquet(timings, out / "timings.parquet")
+    write_parquet(out / "results.parquet", results)
+    write_parquet(out / "timings.parquet", timings)
     return results
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # Written whole to a temporary name, then renamed: a reader (or a resumed
-    # sweep after kill -9) sees the complete file or none. The pid in the name
-    # tells a later sweep whose leftover a temporary file is.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _clean_temporary(run_dir: Path) -> None:
@@ -718,15 +705,6 @@ def _column(values: pd.Series) -> pd.Series:
     if kinds <= {int, float} or len(kinds) == 1 and kinds <= {str, bool}:
         return values
     return pd.Series([None if v is None else json.dumps(v) for v in values], index=values.index, dtype=object)
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- comparisons -----------------------------------------------------------------------------
@@ -888,16 +866,11 @@ def _with_interval(estimate: float, low: float, high: float, digits: int = 4) ->
 
 def _write_comparison(comparison: Comparison, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    _write_parquet(comparison.table, out / "comparison.parquet")
-    _write_atomic(out / "comparison.csv", comparison.table.to_csv(index=False))
-    _write_parquet(comparison.runs, out / "runs.parquet")
+    write_parquet(out / "comparison.parquet", comparison.table)
+    write_text(out / "comparison.csv", comparison.table.to_csv(index=False))
+    write_parquet(out / "runs.parquet", comparison.runs)
     figure = comparison.plot()
-    tmp = out / f".latency_ccdf.png.{os.getpid()}.tmp"
-    try:
-        figure.savefig(tmp, format="png", dpi=130)
-        os.replace(tmp, out / "latency_ccdf.png")
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out / "latency_ccdf.png", lambda p: figure.savefig(p, format="png", dpi=130))
     return out
 
 

@@ -112,12 +112,10 @@ in transit, and ``x(t < 0) = 0``. A given ``x0`` (an array, or
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache, partial
 from pathlib import Path
@@ -126,6 +124,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from .files import write_json, write_parquet
 from .errors import ScenarioError, unknown
 from .rates import RateFamily
 
@@ -808,20 +807,9 @@ class FluidResult:
         if self.split is not None:
             tables["routing"] = self.routing
         for name, frame in tables.items():
-            _atomic(out / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
-        text = json.dumps(self.summary(), indent=2) + "\n"
-        _atomic(out / "summary.json", lambda p: Path(p).write_text(text))
+            write_parquet(out / f"{name}.parquet", frame)
+        write_json(out / "summary.json", self.summary())
         return out
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary name beside ``path`` and rename: the file appears whole or not at all."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ is used; the runs are kept one at a time, so memory is one run's.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -38,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ScenarioError
-from .fluid import FluidResult, _atomic, fluid
+from .files import write_json, write_parquet
+from .fluid import FluidResult, fluid
 
 if TYPE_CHECKING:  # pandas loads on first use: importing lbsim stays quick
     import pandas as pd
@@ -118,7 +118,7 @@ class ScalingResult:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         for name, frame in (("scaling", self.table), ("runs", self.runs)):
-            _atomic(out / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
+            write_parquet(out / f"{name}.parquet", frame)
         meta = {
             "scenario": self.scenario.name,
             "router": self.router,
@@ -126,7 +126,7 @@ class ScalingResult:
             "fluid_dt": self.fluid.dt,
             "fluid_band": self.fluid.band,
         }
-        _atomic(out / "scaling.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+        write_json(out / "scaling.json", meta)
         self.plot_scaling(out / "scaling.png")
         self.plot_trajectories(out / "trajectories.png")
         return out

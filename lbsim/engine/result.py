@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from ..files import write_json, write_parquet
 
 #: summary fields that measure the machine, not the model: excluded from reproducibility checks
 TIMING_FIELDS = ("wall_seconds", "jobs_per_second")
@@ -117,23 +115,9 @@ class Result:
         if len(self.routing):
             tables["routing"] = self.routing
         for name, frame in tables.items():
-            _atomic(out / f"{name}.parquet", lambda p, f=frame: pq.write_table(_arrow(f), p))
-        text = json.dumps(self.summary(), indent=2, allow_nan=True) + "\n"
-        _atomic(out / "summary.json", lambda p: Path(p).write_text(text))
+            write_parquet(out / f"{name}.parquet", frame)
+        write_json(out / "summary.json", self.summary())
         return out
-
-
-def _arrow(frame: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(frame, preserve_index=False)
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _empty_routing() -> pd.DataFrame:

@@ -31,7 +31,7 @@ from ..scenario import Scenario
 from .backend import Backend
 from .jobs import Job, Wakeup
 from .records import JobRecords, LatencyRecords, SampleRecords, SplitRecords
-from .telemetry import DelayedView, LocalView, PeriodicView, make_view
+from .telemetry import LocalView, make_view
 
 #: Subsystems that draw random numbers, each from its own spawned stream
 #: (DESIGN.md invariant 4). The order is part of the reproducibility contract.

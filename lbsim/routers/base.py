@@ -122,6 +122,20 @@ class Router:
     def choice(self, candidates: Sequence[int]) -> int:
         return candidates[int(self.uniform() * len(candidates))]
 
+    def sample(self, candidates: Sequence[int], count: int) -> Sequence[int]:
+        """``count`` distinct candidates uniformly at random (all if there are fewer).
+
+        Floyd's algorithm: ``count`` draws, whatever the number of candidates.
+        """
+        n = len(candidates)
+        if count >= n:
+            return candidates
+        chosen: list[int] = []
+        for top in range(n - count, n):
+            k = int(self.uniform() * (top + 1))
+            chosen.append(top if k in chosen else k)
+        return [candidates[k] for k in chosen]
+
     def pick_min(self, candidates: Sequence[int], values: Sequence[float]) -> int:
         """The candidate with the smallest value; ties broken uniformly at random."""
         best = min(values)

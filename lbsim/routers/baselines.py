@@ -127,15 +127,8 @@ class LeastRequest(Router):
 
     def route(self, frontend, job, view):
         candidates = self.neighbours[frontend]
-        d = self.params.choices
-        n = len(candidates)
-        if 0 < d < n:
-            # Floyd's algorithm: d distinct indices with d draws.
-            chosen: list[int] = []
-            for top in range(n - d, n):
-                k = int(self.uniform() * (top + 1))
-                chosen.append(top if k in chosen else k)
-            candidates = [candidates[k] for k in chosen]
+        if self.params.choices > 0:
+            candidates = self.sample(candidates, self.params.choices)
         counts = self.in_flight[frontend]
         j = self.pick_min(candidates, [counts[j] for j in candidates])
         counts[j] += 1

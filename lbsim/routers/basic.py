@@ -63,16 +63,5 @@ class PowerOfD(Router):
     Params = PowerOfDParams
 
     def route(self, frontend, job, view):
-        candidates = self.neighbours[frontend]
-        n = len(candidates)
-        d = self.params.d
-        if d >= n:
-            sample = candidates
-        else:
-            # Floyd's algorithm: d distinct indices in O(d) draws, independent of n.
-            chosen: list[int] = []
-            for top in range(n - d, n):
-                k = int(self.uniform() * (top + 1))
-                chosen.append(top if k in chosen else k)
-            sample = [candidates[k] for k in chosen]
+        sample = self.sample(self.neighbours[frontend], self.params.d)
         return self.pick_min(sample, view.jobs_of(frontend, sample))

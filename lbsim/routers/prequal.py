@@ -204,17 +204,7 @@ class Prequal(Router):
     # -- probes -----------------------------------------------------------------------
     def send_probes(self, frontend: int, count: int, now: float) -> None:
         """Probe ``count`` distinct uniformly random neighbours (all of them if there are fewer)."""
-        candidates = self.neighbours[frontend]
-        n = len(candidates)
-        if count >= n:
-            targets = candidates
-        else:
-            # Floyd's algorithm: count distinct indices in O(count) draws, independent of n.
-            chosen: list[int] = []
-            for top in range(n - count, n):
-                k = int(self.uniform() * (top + 1))
-                chosen.append(top if k in chosen else k)
-            targets = [candidates[k] for k in chosen]
+        targets = self.sample(self.neighbours[frontend], count)
         probe, on_reply = self.ctx.probe, self._on_reply[frontend]
         for backend in targets:
             probe(frontend, backend, on_reply)
