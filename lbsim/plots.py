@@ -96,14 +96,24 @@ def _groups(frame: pd.DataFrame, by: str | None) -> tuple[pd.DataFrame, str]:
 
 
 def plain_log_ticks(axis) -> None:
-    """Label a log ``axis`` with plain numbers (1.2, 5, 20), not powers of ten; minor ticks only within a decade."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    """Label a log ``axis`` with plain numbers (1.2, 5, 20), not powers of ten.
 
-    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    Minor ticks are labelled too when the axis spans little more than a
+    decade, the 2s and 5s up to three decades, none beyond.
+    """
+    from matplotlib.ticker import FuncFormatter
+
     low, high = sorted(axis.get_view_interval())
-    axis.set_major_formatter(plain)
-    narrow = low > 0 and math.log10(high / low) < 1.2
-    axis.set_minor_formatter(plain if narrow else NullFormatter())
+    decades = math.log10(high / low) if low > 0 else math.inf
+
+    def minor(v, _):
+        mantissa = round(v / 10 ** math.floor(math.log10(v) + 1e-9), 6) if v > 0 else 0
+        if decades < 1.2 or (decades < 3 and mantissa in (2.0, 5.0)):
+            return f"{v:.3g}"
+        return ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 # -- latency distributions -------------------------------------------------------------------
