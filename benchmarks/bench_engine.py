@@ -48,10 +48,15 @@ def bench_routers(repeat: int) -> None:
         print(f"  {name:<16} {rate:>10,.0f} jobs/s")
 
 
-def wide_scenario(backends: int, jobs: int) -> lbsim.Scenario:
-    """4 frontends, ``backends`` saturating PS backends at 75% load, 5-80 ms delays, delayed telemetry."""
+def wide_scenario(backends: int, jobs: int, capacity: float | None = None) -> lbsim.Scenario:
+    """4 frontends, ``backends`` saturating PS backends at 75% load, 5-80 ms delays, delayed telemetry.
+
+    ``capacity`` is the total (default 3 per backend): holding it fixed while
+    ``backends`` grows keeps the traffic, and so the jobs in flight, the same.
+    """
     rng = np.random.default_rng(3)
-    capacity = 3.0 * backends
+    capacity = 3.0 * backends if capacity is None else capacity
+    c = capacity / backends
     sbar = 0.05
     horizon = jobs * sbar / (0.75 * capacity)
     return lbsim.Scenario.from_dict(
@@ -60,7 +65,7 @@ def wide_scenario(backends: int, jobs: int) -> lbsim.Scenario:
                 "horizon": horizon, "warmup": horizon / 10, "job_scale": sbar, "sample_interval": horizon / 20,
             },
             "frontends": [{"rate": 0.75 * capacity / 4}] * 4,
-            "backends": [{"service": {"kind": "saturating", "c": 3.0, "k": 1.0}}] * backends,
+            "backends": [{"service": {"kind": "saturating", "c": c, "k": c / 3}}] * backends,
             "network": {"latency": rng.uniform(0.005, 0.08, size=(4, backends)).tolist()},
             "router": {"name": "power_of_d", "d": 2},
         }
@@ -68,13 +73,19 @@ def wide_scenario(backends: int, jobs: int) -> lbsim.Scenario:
 
 
 def bench_scaling(repeat: int, jobs: int = 200_000) -> None:
+    """Per-job cost at 16 and 1024 backends, at two traffic levels.
+
+    At a fixed traffic the number of jobs in flight is the same, so the
+    difference is what the number of backends costs; at a fixed load per
+    backend, 1024 backends also carry 64 times the traffic (bigger event heap,
+    bigger working set), which costs the same with 16 backends.
+    """
     print(f"power_of_d (d=2), 4 frontends, {jobs} jobs, 75% load, delayed telemetry, best of {repeat}")
-    rates = {}
-    for backends in (16, 1024):
-        rates[backends] = jobs_per_second(wide_scenario(backends, jobs), "power_of_d", repeat)
-        print(f"  {backends:>5} backends  {rates[backends]:>10,.0f} jobs/s  ({1e6 / rates[backends]:.2f} us/job)")
-    change = rates[16] / rates[1024] - 1
-    print(f"  per-job cost change 16 -> 1024 backends: {change:+.1%} (target within 25%)")
+    for label, capacity in (("total capacity 48 (same traffic)", 48.0), ("total capacity 3072 (same traffic)", 3072.0)):
+        rates = {b: jobs_per_second(wide_scenario(b, jobs, capacity), "power_of_d", repeat) for b in (16, 1024)}
+        cells = "  ".join(f"{b:>4} backends {r:>8,.0f} jobs/s ({1e6 / r:5.2f} us/job)" for b, r in rates.items())
+        print(f"  {label:<36} {cells}  change {rates[16] / rates[1024] - 1:+.1%}")
+    print("  target: per-job cost within 25% from 16 to 1024 backends at the same traffic")
 
 
 MEMORY_CHILD = """
@@ -109,7 +120,7 @@ sys.path.insert(0, {here!r})
 from bench_engine import wide_scenario
 import lbsim
 backends, jobs = int(sys.argv[1]), int(sys.argv[2])
-scenario = wide_scenario(backends, max(jobs, 1000))
+scenario = wide_scenario(backends, max(jobs, 1000), capacity=48.0)
 if jobs:
     lbsim.simulate(scenario)
 """
@@ -137,7 +148,7 @@ def bench_instructions(jobs: int = 40_000) -> None:
         )  # fmt: skip
         return int(re.search(r"refs:\s*([\d,]+)", out.stderr).group(1).replace(",", ""))
 
-    print(f"power_of_d (d=2): CPU instructions per job under callgrind ({jobs} jobs minus none)")
+    print(f"power_of_d (d=2), total capacity 48: CPU instructions per job under callgrind ({jobs} jobs minus none)")
     per_job = {}
     for backends in (16, 1024):
         per_job[backends] = (count(backends, jobs) - count(backends, 0)) / jobs

@@ -84,7 +84,7 @@ class Backend:
         self.history_window = history_window
         self.history_t = [-INF]
         self.history_n = [0]
-        self._prune_at = 64
+        self._prune_at = 8
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -204,4 +204,4 @@ class Backend:
         if k > 0:
             del self.history_t[:k]
             del self.history_n[:k]
-        self._prune_at = max(64, 2 * len(self.history_t))
+        self._prune_at = max(8, 2 * len(self.history_t))
