@@ -172,8 +172,11 @@ class Backend:
         """Recompute the rate and reschedule the next completion if it moved."""
         in_service = len(self.service)
         n = self.jobs if self.rate_counts_all else in_service
-        rates = self._rates
-        self.rate = rate = self.multiplier * (rates[n] if n < len(rates) else self.rate_at(n))
+        try:  # (a try costs nothing in Python 3.11 until it catches)
+            rate = self._rates[n]
+        except IndexError:
+            rate = self.rate_at(n)
+        self.rate = rate = self.multiplier * rate
         if record and self.history_window is not None:
             self.history_t.append(now)
             self.history_n.append(self.jobs)
