@@ -1,15 +1,16 @@
 """Records of what happened, turned into tidy DataFrames at the end.
 
-Job rows are kept as tuples only for a chunk of ``CHUNK`` jobs, then packed
-into a float64 block (8 bytes a value; a Python float costs 24 more), so a
-run of millions of jobs stays small.
+A job's row is packed into 56 bytes of a growing buffer as its backend
+finishes it (no Python object per value survives the job), so a run of
+millions of jobs stays small, and the table is read back with numpy at the end.
 """
 
 from __future__ import annotations
 
+import io
+import struct
 from array import array
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -17,64 +18,44 @@ import pandas as pd
 JOB_COLUMNS = (
     "job_id", "frontend", "backend", "size", "t_arrival", "t_backend_arrival", "t_backend_done", "t_response",
 )  # fmt: skip
-
-CHUNK = 4096
-
-
-class JobRecords:
-    """One row per job whose service at the backend has ended.
-
-    :meth:`add` runs once per job, so it only builds a tuple and appends it
-    (a third of the cost of one append per column); the chunk is packed with
-    one C-level pass (``np.fromiter``). Integer columns are stored as float64
-    on the way, exactly: ids and indices are far below 2**53.
-    """
-
-    def __init__(self):
-        self._rows: list[tuple] = []
-        self._blocks: list[np.ndarray] = []  # packed chunks, (CHUNK, 8) each
-        self.recorded = 0  # rows in the blocks
-
-    def __len__(self) -> int:
-        return self.recorded + len(self._rows)
-
-    def add(self, job, t_done: float) -> None:
-        """Record a job as its backend finishes it; its response lands ``job.return_delay`` later."""
-        rows = self._rows
-        rows.append((job.job_id, job.frontend, job.backend, job.size, job.t_arrival, job.t_backend_arrival,
-                     t_done, t_done + job.return_delay))  # fmt: skip
-        if len(rows) == CHUNK:
-            self._pack()
-
-    def _pack(self) -> None:
-        rows = self._rows
-        block = np.fromiter(chain.from_iterable(rows), np.float64, len(rows) * len(JOB_COLUMNS))
-        self._blocks.append(block.reshape(len(rows), len(JOB_COLUMNS)))
-        self.recorded += len(rows)
-        self._rows = []
-
-    def frame(self, horizon: float) -> pd.DataFrame:
-        """Jobs whose response reached their frontend by ``horizon``, in job_id order."""
-        if self._rows:
-            self._pack()
-        blocks = self._blocks or [np.empty((0, len(JOB_COLUMNS)))]
-
-        # Column by column, so a run of millions of jobs never holds a second copy of the table.
-        def column(k: int) -> np.ndarray:
-            return np.concatenate([block[:, k] for block in blocks])
-
-        done = column(JOB_COLUMNS.index("t_response")) <= horizon
-        order = np.argsort(column(0)[done], kind="stable")
-        data = {name: column(k)[done][order].astype(_DTYPES[name]) for k, name in enumerate(JOB_COLUMNS)}
-        data["latency"] = data["t_response"] - data["t_arrival"]
-        data["sojourn"] = data["t_backend_done"] - data["t_backend_arrival"]
-        return pd.DataFrame(data)
-
-
 _DTYPES = {
     "job_id": np.int64, "frontend": np.int32, "backend": np.int32, "size": np.float64, "t_arrival": np.float64,
     "t_backend_arrival": np.float64, "t_backend_done": np.float64, "t_response": np.float64,
 }  # fmt: skip
+#: one job's row, as packed by :meth:`JobRecords.add` and read back by :meth:`JobRecords.frame`
+ROW = struct.Struct("<qii5d")
+ROW_DTYPE = np.dtype([(name, np.dtype(dtype).newbyteorder("<")) for name, dtype in _DTYPES.items()])
+assert ROW.size == ROW_DTYPE.itemsize  # packed, in the same order, with no padding
+
+
+class JobRecords:
+    """One row per job whose service at the backend has ended."""
+
+    def __init__(self):
+        self._buffer = io.BytesIO()
+        # Bound once: add() runs once per job.
+        self._write = self._buffer.write
+        self._pack = ROW.pack
+
+    def __len__(self) -> int:
+        return self._buffer.tell() // ROW.size
+
+    def add(self, job, t_done: float) -> None:
+        """Record a job as its backend finishes it; its response lands ``job.return_delay`` later."""
+        self._write(self._pack(job.job_id, job.frontend, job.backend, job.size, job.t_arrival,
+                               job.t_backend_arrival, t_done, t_done + job.return_delay))  # fmt: skip
+
+    def frame(self, horizon: float) -> pd.DataFrame:
+        """Jobs whose response reached their frontend by ``horizon``, in job_id order."""
+        # A view of the buffer, not a copy; each column below is copied once, already in order.
+        table = np.frombuffer(self._buffer.getbuffer(), ROW_DTYPE)
+        done = np.flatnonzero(table["t_response"] <= horizon)
+        rows = done[np.argsort(table["job_id"][done], kind="stable")]
+        data = {name: table[name][rows].astype(dtype, copy=False) for name, dtype in _DTYPES.items()}
+        del table  # releases the buffer, so that more rows could be added
+        data["latency"] = data["t_response"] - data["t_arrival"]
+        data["sojourn"] = data["t_backend_done"] - data["t_backend_arrival"]
+        return pd.DataFrame(data)
 
 
 @dataclass
