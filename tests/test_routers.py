@@ -149,6 +149,17 @@ def test_gmsr_respects_connect():
     assert {router.route(1, job(), view) for _ in range(50)} == {0}
 
 
+def test_random_picks_uniformly_among_usable_backends_only():
+    """Each frontend's picks: only its usable backends, each equally often (chi-square), past a refill."""
+    connect = [[True, False, True, True], [False, True, False, False]]
+    scn = scenario([backend("linear", r=1.0)] * 4, [1.0, 1.0], network={"connect": connect})
+    router = make_router(scn, "random")
+    picks = np.bincount([router.route(0, job(), None) for _ in range(9000)], minlength=4)
+    assert picks[1] == 0
+    assert sps.chisquare(picks[[0, 2, 3]]).pvalue > 1e-3, picks
+    assert {router.route(1, job(1), None) for _ in range(50)} == {1}
+
+
 @pytest.mark.parametrize("variant", ["derivative", "discrete", "latency"])
 def test_gmsr_breaks_ties_uniformly(variant):
     """Three identical backends at the same load and a worse fourth: a chi-square test of uniformity."""

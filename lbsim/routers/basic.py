@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Router, register
@@ -13,12 +14,18 @@ class Random(Router):
 
     name = "random"
 
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        # The next picks of each frontend, drawn in batches (last first): the
+        # choice does not depend on the state, so it can be made ahead of time.
+        self._picks: list[list[int]] = [[] for _ in self.neighbours]
+
     def route(self, frontend, job, view):
-        candidates = self.neighbours[frontend]
-        uniforms = self._uniforms  # self.uniform() inlined: this is the whole per-job cost
-        if not uniforms:
-            return candidates[int(self.uniform() * len(candidates))]
-        return candidates[int(uniforms.pop() * len(candidates))]
+        picks = self._picks[frontend]
+        if not picks:
+            candidates = np.array(self.neighbours[frontend])
+            picks = self._picks[frontend] = candidates[self.ctx.rng.integers(len(candidates), size=4096)].tolist()
+        return picks.pop()
 
 
 @register
