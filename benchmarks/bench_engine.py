@@ -13,7 +13,6 @@ call (set-up, run, DataFrames), best of ``--repeat`` runs.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import time
@@ -132,21 +131,15 @@ def bench_instructions(jobs: int = 40_000) -> None:
     Each count is the difference between a run of ``jobs`` jobs and a run of
     none, so start-up and imports cancel out.
     """
-    import re
-    import shutil
+    import _callgrind
 
-    if shutil.which("valgrind") is None:
+    if not _callgrind.available():
         print("instructions: valgrind not installed (apt-get install valgrind)")
         return
     child = INSTRUCTIONS_CHILD.format(here=str(Path(__file__).resolve().parent))
 
     def count(backends: int, n: int) -> int:
-        out = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", child,
-             str(backends), str(n)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        return int(re.search(r"refs:\s*([\d,]+)", out.stderr).group(1).replace(",", ""))
+        return _callgrind.instructions(child, str(backends), str(n))
 
     print(f"power_of_d (d=2), total capacity 48: CPU instructions per job under callgrind ({jobs} jobs minus none)")
     per_job = {}

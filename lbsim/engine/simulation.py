@@ -220,9 +220,11 @@ class Simulation:
         else:
             self.backends[j].arrive(job)
         # The next arrival reuses this event: one is pending per frontend at a time.
-        if not stream.times:
+        try:
+            t = stream.times.pop()
+        except IndexError:  # once in BATCH arrivals (and a try costs nothing until it catches)
             stream.refill()
-        t = stream.times.pop()
+            t = stream.times.pop()
         stream.pending_size = stream.sizes.pop()
         if t < self.horizon:
             event.callbacks = self._arrive_callbacks
