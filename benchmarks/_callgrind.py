@@ -23,7 +23,8 @@ def available() -> bool:
 
 def instructions(code: str, *args: str) -> int:
     """Instructions executed by ``python -c code args...`` (start-up and imports included)."""
-    env = os.environ | {"PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    one_thread = dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), "1")
+    env = os.environ | one_thread | {"PYTHONHASHSEED": "0"}
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code, *args]
     if shutil.which("setarch"):
         command = ["setarch", platform.machine(), "-R", *command]
