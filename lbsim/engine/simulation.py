@@ -10,9 +10,11 @@ The path of one job, in the order it happens (each step one method below):
    ``t_response`` and, if the router listens, :meth:`Simulation._respond`
    tells it when the response lands.
 
-Everything runs on SimPy's kernel with callbacks on lightweight events, not
-one process per job: a job costs two heap events (arrival, completion) plus
-one per network hop with a nonzero delay.
+Everything runs on SimPy's kernel (:class:`~lbsim.engine.kernel.Kernel`, a
+SimPy environment with a tighter run loop) with callbacks on lightweight
+events, not one process per job: a job costs one heap event (its arrival;
+completions are played forward lazily, see ``backend.py``) plus one per
+network hop with a nonzero delay.
 """
 
 from __future__ import annotations
