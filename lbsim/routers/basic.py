@@ -24,7 +24,8 @@ class Random(Router):
         picks = self._picks[frontend]
         if not picks:
             candidates = np.array(self.neighbours[frontend])
-            picks = self._picks[frontend] = candidates[self.ctx.rng.integers(len(candidates), size=4096)].tolist()
+            draws = self.ctx.rng.integers(len(candidates), size=self._UNIFORM_BATCH)
+            picks = self._picks[frontend] = candidates[draws].tolist()
         return picks.pop()
 
 
