@@ -23,7 +23,8 @@ from simpy.core import URGENT
 
 import lbsim
 from lbsim.engine.backend import Backend
-from lbsim.engine.jobs import Job, Wakeup
+from lbsim.events import Wakeup
+from lbsim.jobs import Job
 from lbsim.engine.simulation import Simulation
 from lbsim.scenario import Backend as BackendSpec
 

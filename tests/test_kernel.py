@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from simpy.core import NORMAL, URGENT
 
-from lbsim.engine.jobs import Wakeup
+from lbsim.events import Wakeup
 from lbsim.engine.kernel import Kernel
 
 # (delay, urgent?, follow-up delay or None): an event that may schedule another when it fires

@@ -21,7 +21,7 @@ from scipy import stats
 
 import lbsim
 from lbsim.engine.backend import Backend
-from lbsim.engine.jobs import Job
+from lbsim.jobs import Job
 from lbsim.engine.probing import LatencyByRif, bucket_range, median, rif_bucket
 from lbsim.engine.simulation import Simulation
 from lbsim.rates import make_rate

@@ -27,7 +27,7 @@ def test_summary_without_job_records_matches_the_full_records(tmp_path):
 def test_job_records_keep_every_value_exactly():
     import numpy as np
 
-    from lbsim.engine.jobs import Job
+    from lbsim.jobs import Job
     from lbsim.engine.records import JOB_COLUMNS, JobRecords
 
     rng = np.random.default_rng(3)

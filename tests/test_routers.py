@@ -19,8 +19,8 @@ from scipy import optimize
 from scipy import stats as sps
 
 from lbsim.engine import Simulation
-from lbsim.engine.jobs import Job
-from lbsim.engine.telemetry import View
+from lbsim.jobs import Job
+from lbsim.view import View
 from lbsim.errors import ScenarioError
 from lbsim.optimum import optimum
 from lbsim.routers.dgdlb import project_simplex

@@ -38,7 +38,8 @@ from heapq import heappop, heappush
 import numpy as np
 from simpy.core import NORMAL
 
-from .jobs import Job, Wakeup
+from ..events import Wakeup
+from ..jobs import Job
 
 INF = math.inf
 

@@ -1,42 +1,6 @@
-"""A job (one request) on its way through the system."""
+"""Kept for scripts that import ``lbsim.engine.jobs``: the job is :mod:`lbsim.jobs`, the event :mod:`lbsim.events`."""
 
-from __future__ import annotations
+from ..events import Wakeup
+from ..jobs import Job
 
-
-class Job:
-    """One request. Sizes are in work units; times in seconds.
-
-    ``__slots__`` keeps a job small and fast to create: there is one per
-    arrival on the hot path.
-    """
-
-    __slots__ = ("job_id", "frontend", "size", "t_arrival", "backend", "t_backend_arrival", "return_delay")
-
-    def __init__(self, job_id: int, frontend: int, size: float, t_arrival: float):
-        self.job_id = job_id
-        self.frontend = frontend
-        self.size = size
-        self.t_arrival = t_arrival
-        # Set on the way (one fewer store each per job here): ``backend`` and
-        # ``return_delay`` (d_ij plus the response's jitter) when the job is
-        # routed, ``t_backend_arrival`` when it reaches the backend.
-
-    def __repr__(self) -> str:
-        backend = getattr(self, "backend", None)
-        return f"Job({self.job_id}, frontend={self.frontend}, backend={backend}, size={self.size:.4g})"
-
-
-class Wakeup:
-    """The lightest object SimPy's kernel accepts as an event: a callback list and ``_ok``.
-
-    ``Environment.step`` only reads ``callbacks`` and ``_ok``; a full
-    ``simpy.Event`` costs several attribute writes more, on every job.
-    ``payload`` carries what the callback needs (a job, a version number).
-    """
-
-    __slots__ = ("callbacks", "payload", "_ok")
-
-    def __init__(self, callback, payload=None):
-        self.callbacks = [callback]
-        self.payload = payload
-        self._ok = True  # a slot, not a class attribute: read once per event, a slot is faster
+__all__ = ["Job", "Wakeup"]

@@ -31,7 +31,8 @@ from simpy.core import NORMAL, URGENT
 from ..routers.base import ProbeReply, Router, RouterContext, make_router
 from ..scenario import Scenario
 from .backend import Backend
-from .jobs import Job, Wakeup
+from ..events import Wakeup
+from ..jobs import Job
 from .kernel import Kernel
 from .records import JobRecords, LatencyRecords, SampleRecords, SplitRecords
 from .telemetry import LocalView, make_view

@@ -6,7 +6,7 @@ may also have a periodic ``tick`` (DGD-LB), a ``split`` that is recorded in
 ``routing.parquet``, an ``on_response`` hook (client-local routers), and may
 send probes through the network (Prequal) with ``ctx.probe``.
 
-Routers see backends only through a :class:`~lbsim.engine.telemetry.View`,
+Routers see backends only through a :class:`~lbsim.view.View`,
 which serves state exactly as stale as the telemetry mode allows.
 """
 
@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..errors import ScenarioError, unknown
 
 if TYPE_CHECKING:
-    from ..engine.jobs import Job
-    from ..engine.telemetry import View
+    from ..jobs import Job
+    from ..view import View
     from ..rates import RateFamily
 
 ROUTERS: dict[str, type[Router]] = {}

@@ -1,0 +1,31 @@
+"""A job (one request) on its way through the system.
+
+It lives below the engine, the routers and the backend models, which all
+read and write it.
+"""
+
+from __future__ import annotations
+
+
+class Job:
+    """One request. Sizes are in work units; times in seconds.
+
+    ``__slots__`` keeps a job small and fast to create: there is one per
+    arrival on the hot path.
+    """
+
+    __slots__ = ("job_id", "frontend", "size", "t_arrival", "backend", "t_backend_arrival", "return_delay")
+
+    def __init__(self, job_id: int, frontend: int, size: float, t_arrival: float):
+        self.job_id = job_id
+        self.frontend = frontend
+        self.size = size
+        self.t_arrival = t_arrival
+        # Set on the way (one fewer store each per job here): ``backend`` and
+        # ``return_delay`` (d_ij plus the response's jitter) when the job is
+        # routed, ``t_backend_arrival`` when it reaches the backend.
+
+    def __repr__(self) -> str:
+        backend = getattr(self, "backend", None)
+        return f"Job({self.job_id}, frontend={self.frontend}, backend={backend}, size={self.size:.4g})"
+

@@ -1,0 +1,46 @@
+"""The view contract: backend state as a frontend may see it.
+
+Routers read backend state only through a view, so a router can never see
+fresher state than its telemetry mode allows (docs/model.md, invariant 5).
+The engine supplies one subclass per telemetry mode
+(:mod:`lbsim.engine.telemetry`); a test can supply its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class View:
+    """Backend state as frontend i may see it. Subclasses define :meth:`jobs`."""
+
+    #: how far back backends must keep their history for this view (None: no history)
+    history_window: float | None = None
+
+    def __init__(self, backends, latency: np.ndarray, mean_size: float, env):
+        self.backends = backends
+        self.delay = latency.tolist()  # nested lists: indexing numpy per job is slow
+        self.mean_size = mean_size
+        self.env = env
+
+    def jobs(self, frontend: int, backend: int) -> int:
+        """n_hat_ij: the job count of ``backend`` as ``frontend`` sees it now."""
+        raise NotImplementedError
+
+    def jobs_of(self, frontend: int, backends: Sequence[int]) -> list[int]:
+        jobs = self.jobs
+        return [jobs(frontend, j) for j in backends]
+
+    def load(self, frontend: int, backend: int) -> float:
+        """x_hat_ij = n_hat_ij * sbar."""
+        return self.jobs(frontend, backend) * self.mean_size
+
+    def loads_of(self, frontend: int, backends: Sequence[int]) -> list[float]:
+        s = self.mean_size
+        return [n * s for n in self.jobs_of(frontend, backends)]
+
+    def loads(self, frontend: int) -> np.ndarray:
+        """x_hat_i: every backend's observed load, shape (B,)."""
+        return np.array(self.jobs_of(frontend, range(len(self.backends))), dtype=float) * self.mean_size
