@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .distributions import DISTRIBUTIONS, Distribution, make_distribution
 from .errors import ScenarioError, unknown
-from .rates import RateFamily, make_rate
+from .backends import DEFAULT_MODEL, BackendModel, BackendParams, backend_class, validate_params
+from .rates import RateFamily
 
 TELEMETRY_MODES = ("delayed", "periodic", "instant", "none")
 
@@ -54,7 +55,7 @@ def _check_schedule(schedule: Schedule | None, what: str) -> Schedule | None:
     return [(float(t), float(m)) for t, m in schedule]
 
 
-class Simulation(_Table):
+class SimulationTable(_Table):
     horizon: float = Field(2000.0, gt=0, description="seconds of simulated time")
     warmup: float = Field(200.0, ge=0, description="statistics ignore jobs that arrive before this")
     seed: int = Field(1, ge=0, description="master seed; every subsystem spawns its own stream")
@@ -77,7 +78,7 @@ class Simulation(_Table):
         return self
 
 
-class Jobs(_Table):
+class JobsTable(_Table):
     """Job sizes: ``size`` names a distribution; its shape parameters sit beside it."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -96,12 +97,12 @@ class Jobs(_Table):
         return float(np.mean(values)) if self.size == "empirical" and values else 1.0
 
 
-class Frontend(_Table):
+class FrontendTable(_Table):
     name: str | None = None
     rate: float = Field(gt=0, description="work units per second")
 
 
-class Antagonist(_Table):
+class AntagonistTable(_Table):
     """Load lbsim does not route that slows a backend: a multiplier on its rate mu_j.
 
     Either a piecewise-constant ``schedule`` or a random switch between ``levels``
@@ -134,26 +135,67 @@ class Antagonist(_Table):
         return self
 
 
-class Backend(_Table):
-    name: str | None = None
-    discipline: Literal["ps", "fifo"] = "ps"
-    service: RateFamily
-    max_load: float | None = Field(None, gt=0, description="ps only: at most floor(max_load/sbar) jobs in service")
-    antagonist: Antagonist | None = None
+class BackendTable(_Table):
+    """One ``[[backends]]`` table: a name, a backend ``model`` and the model's own keys.
 
-    @field_validator("service", mode="before")
-    @classmethod
-    def _service(cls, v):
-        return make_rate(v, key="service")
+    The model's keys (``discipline``, ``service``, ``max_load`` for the default
+    model ``rate``) are validated by the model's ``Params`` when the scenario is
+    loaded (:mod:`lbsim.backends`); :attr:`params` holds the result.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, arbitrary_types_allowed=True)
+    name: str | None = None
+    model: str = Field(DEFAULT_MODEL, description="backend model (lbsim backends lists them)")
+    antagonist: AntagonistTable | None = None
+    _params: BackendParams = PrivateAttr()
 
     @model_validator(mode="after")
-    def _max_load_needs_ps(self):
-        if self.max_load is not None and self.discipline != "ps":
-            raise ScenarioError("max_load", "only applies to discipline 'ps'")
+    def _model_params(self):
+        cls = backend_class(self.model)
+        self._params = validate_params(self.model, dict(self.model_extra or {}))
+        if self.antagonist is not None and not cls.supports_antagonist:
+            raise ScenarioError("antagonist", f"backend model '{self.model}' does not support antagonists")
         return self
 
+    @property
+    def params(self) -> BackendParams:
+        """The model's parameters, validated."""
+        return self._params
 
-class Network(_Table):
+    @property
+    def model_class(self) -> type[BackendModel]:
+        return backend_class(self.model)
+
+    def rate_function(self, mean_size: float) -> RateFamily | None:
+        """mu_j, the model's fluid rate function, or None."""
+        return self.model_class.rate_function(self._params, mean_size)
+
+    # The rate model's keys, read as attributes by scripts written before backend models.
+    @property
+    def service(self) -> RateFamily | None:
+        return getattr(self._params, "service", None)
+
+    @property
+    def discipline(self) -> str | None:
+        return getattr(self._params, "discipline", None)
+
+    @property
+    def max_load(self) -> float | None:
+        return getattr(self._params, "max_load", None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name} if self.name is not None else {}
+        if self.model != DEFAULT_MODEL:
+            data["model"] = self.model
+        for key, value in self._params.model_dump(mode="python", exclude_none=True, serialize_as_any=True).items():
+            original = getattr(self._params, key)
+            data[key] = {"kind": original.kind, **value} if isinstance(original, RateFamily) else value
+        if self.antagonist is not None:
+            data["antagonist"] = self.antagonist.model_dump(mode="python", exclude_none=True)
+        return data
+
+
+class NetworkTable(_Table):
     latency: list[list[float]] | float = Field(0.0, description="F x B one-way delays (s), or one number for all")
     connect: list[list[bool]] | None = Field(None, description="F x B: may frontend i use backend j (default all)")
     telemetry: Literal["delayed", "periodic", "instant", "none"] = "delayed"
@@ -176,7 +218,7 @@ class Network(_Table):
         return make_distribution(kind, spec, "network.jitter"), float(mean)
 
 
-class RouterSpec(_Table):
+class RouterTable(_Table):
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str = "jsq"
 
@@ -188,12 +230,12 @@ class RouterSpec(_Table):
 class Scenario(_Table):
     """A validated scenario. Build it with :func:`load_scenario` or :meth:`from_dict`."""
 
-    simulation: Simulation = Simulation()
-    jobs: Jobs = Jobs()
-    frontends: list[Frontend] = Field(min_length=1)
-    backends: list[Backend] = Field(min_length=1)
-    network: Network = Network()
-    router: RouterSpec = RouterSpec()
+    simulation: SimulationTable = SimulationTable()
+    jobs: JobsTable = JobsTable()
+    frontends: list[FrontendTable] = Field(min_length=1)
+    backends: list[BackendTable] = Field(min_length=1)
+    network: NetworkTable = NetworkTable()
+    router: RouterTable = RouterTable()
     name: str = "scenario"
     description: str = ""
 
@@ -225,9 +267,29 @@ class Scenario(_Table):
         c = self.network.connect
         return np.ones(shape, dtype=bool) if c is None else np.array(c, dtype=bool)
 
-    @property
-    def service_rates(self) -> list[RateFamily]:
-        return [b.service for b in self.backends]
+    @cached_property
+    def service_rates(self) -> list[RateFamily | None]:
+        """mu_j of every backend (None for a backend model with no fluid rate function)."""
+        return [b.rate_function(self.mean_size) for b in self.backends]
+
+    def rate_functions(self, needed_by: str) -> list[RateFamily]:
+        """mu_j of every backend, for computations that need them all (raises naming the backend that has none)."""
+        for j, (b, mu) in enumerate(zip(self.backends, self.service_rates)):
+            if mu is None:
+                raise ScenarioError(
+                    f"backends[{j}].model", f"backend model '{b.model}' has no fluid rate function mu(x): {needed_by} needs one"
+                )
+        return list(self.service_rates)  # type: ignore[arg-type]
+
+    @cached_property
+    def load_limits(self) -> np.ndarray:
+        """The largest load each backend's fluid rate counts (inf: no limit)."""
+        return np.array([b.model_class.load_limit(b.params, self.mean_size) for b in self.backends], dtype=float)
+
+    def supremum(self, j: int) -> float:
+        """sup mu_j, the most backend j can serve (inf for a model without a rate function)."""
+        mu = self.service_rates[j]
+        return math.inf if mu is None else mu.supremum
 
     @property
     def mean_size(self) -> float:
@@ -249,7 +311,7 @@ class Scenario(_Table):
         if self.network.connect is not None:
             _check_matrix(self.network.connect, F, B, "network.connect")
         connect = self.connect
-        usable = np.array([b.service.supremum > 0 for b in self.backends])
+        usable = np.array([self.supremum(j) > 0 for j in range(B)])
         for i in range(F):
             if not (connect[i] & usable).any():
                 raise ScenarioError(f"network.connect[{i}]", f"frontend {self.frontend_label(i)} has no usable backend")
@@ -276,7 +338,7 @@ class Scenario(_Table):
         """A warning when the offered load reaches the capacity the frontends can use."""
         reachable = self.connect.any(axis=0)
         peak = max([1.0] + [m for _, m in self.simulation.rate_schedule or []])
-        capacity = sum(b.service.supremum for b, r in zip(self.backends, reachable) if r)
+        capacity = sum(self.supremum(j) for j, r in enumerate(reachable) if r)
         offered = float(self.demand.sum()) * peak
         if offered >= capacity:
             return (
@@ -306,8 +368,7 @@ class Scenario(_Table):
     def to_dict(self) -> dict[str, Any]:
         """The scenario as plain TOML-able data (what :meth:`from_dict` accepts)."""
         data = self.model_dump(mode="python", exclude_none=True)
-        for b, spec in zip(data["backends"], self.backends):
-            b["service"] = {"kind": spec.service.kind, **spec.service.model_dump()}
+        data["backends"] = [b.to_dict() for b in self.backends]
         return data
 
 

@@ -22,11 +22,11 @@ from scipy import stats
 from simpy.core import URGENT
 
 import lbsim
-from lbsim.engine.backend import Backend
+from lbsim.backends import BackendContext
+from lbsim.backends.rate import RateBackend, RateParams
 from lbsim.events import Wakeup
 from lbsim.jobs import Job
 from lbsim.engine.simulation import Simulation
-from lbsim.scenario import Backend as BackendSpec
 
 
 # -- exact ------------------------------------------------------------------------------------
@@ -34,8 +34,8 @@ def _backend_run(discipline: str, c: float, sizes: list[float], changes: list[tu
     """Jobs of the given sizes all arrive at t = 0; the multiplier changes at the given times."""
     env = simpy.Environment()
     done: dict[int, float] = {}
-    spec = BackendSpec(discipline=discipline, service={"kind": "constant", "c": c})
-    b = Backend(0, spec, 1.0, env, lambda job, now: done.__setitem__(job.job_id, now), None, lazy=lazy)
+    spec = RateParams(discipline=discipline, service={"kind": "constant", "c": c})
+    b = RateBackend(0, spec, BackendContext(env, 1.0, lambda job, now: done.__setitem__(job.job_id, now), None, lazy=lazy))
     for k, size in enumerate(sizes):
         b.arrive(Job(k, 0, size, 0.0))
     for t, m in changes:
@@ -92,12 +92,12 @@ def record_multipliers(sim: Simulation) -> dict[int, list[tuple[float, float]]]:
     """Make every backend of ``sim`` log (time, multiplier) each time its multiplier is set."""
     log: dict[int, list[tuple[float, float]]] = {b.index: [] for b in sim.backends}
 
-    class Recording(Backend):
+    class Recording(RateBackend):
         __slots__ = ()
 
         def set_multiplier(self, multiplier):
             log[self.index].append((self.env.now, multiplier))
-            Backend.set_multiplier(self, multiplier)
+            RateBackend.set_multiplier(self, multiplier)
 
     for b in sim.backends:
         b.__class__ = Recording  # same slots, so CPython allows it

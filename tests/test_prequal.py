@@ -20,14 +20,14 @@ from conftest import backend, scenario
 from scipy import stats
 
 import lbsim
-from lbsim.engine.backend import Backend
+from lbsim.backends import BackendContext
+from lbsim.backends.rate import RateBackend, RateParams
 from lbsim.jobs import Job
 from lbsim.engine.probing import LatencyByRif, bucket_range, median, rif_bucket
 from lbsim.engine.simulation import Simulation
 from lbsim.rates import make_rate
 from lbsim.routers import ROUTERS, ProbeReply, RouterContext, make_router
 from lbsim.routers.prequal import PoolEntry, Prequal
-from lbsim.scenario import Backend as BackendSpec
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "prequal_antagonist.toml"
 
@@ -364,8 +364,8 @@ def test_estimator_hooks_on_a_real_backend():
 
     env = simpy.Environment()
     done = []
-    spec = BackendSpec(discipline="fifo", service={"kind": "constant", "c": 1.0})
-    b = Backend(0, spec, 1.0, env, lambda job, now: done.append(job), None, lazy=False)
+    spec = RateParams(discipline="fifo", service={"kind": "constant", "c": 1.0})
+    b = RateBackend(0, spec, BackendContext(env, 1.0, lambda job, now: done.append(job), None, lazy=False))
     b.observer = tracker = LatencyByRif(window=8, timeout=1.2, clock=lambda: env.now)
     jobs = [Job(k, 0, 1.0, 0.0) for k in range(3)]
     b.arrive(jobs[0])

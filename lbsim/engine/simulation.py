@@ -28,9 +28,9 @@ from heapq import heappush
 import numpy as np
 from simpy.core import NORMAL, URGENT
 
+from ..backends import BackendContext, BackendModel
 from ..routers.base import ProbeReply, Router, RouterContext, make_router
 from ..scenario import Scenario
-from .backend import Backend
 from ..events import Wakeup
 from ..jobs import Job
 from .kernel import Kernel
@@ -156,10 +156,9 @@ class Simulation:
         lazy = not self.response_events if lazy is None else lazy
         self.records = JobRecords() if sim.record_jobs else LatencyRecords(sim.warmup, sim.horizon)
         on_done = self._done if self.response_events else self.records.add
-        rate_tables: dict = {}  # backends with the same rate function share one table
-        self.backends = [
-            Backend(j, spec, self.mean_size, env, on_done, self.view.history_window, lazy, rate_tables)
-            for j, spec in enumerate(scenario.backends)
+        context = BackendContext(env, self.mean_size, on_done, self.view.history_window, lazy)
+        self.backends: list[BackendModel] = [
+            spec.model_class(j, spec.params, context) for j, spec in enumerate(scenario.backends)
         ]
         self.view.backends.extend(self.backends)
         if self.router.backend_observer is not None:
@@ -317,7 +316,7 @@ class Simulation:
             else:
                 self._switching(backend, ant.levels, ant.hold, rng)
 
-    def _switching(self, backend: Backend, levels: list[float], hold: float, rng: np.random.Generator) -> None:
+    def _switching(self, backend: BackendModel, levels: list[float], hold: float, rng: np.random.Generator) -> None:
         """A multiplier that jumps between levels after exponential holding times (a CTMC)."""
         state = [int(rng.integers(len(levels)))]
         backend.set_multiplier(levels[state[0]])

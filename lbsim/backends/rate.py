@@ -1,6 +1,6 @@
-"""A backend: jobs sharing a load-dependent service rate mu_j(x_j), with exact event times.
+"""The backend model ``rate``: jobs sharing a load-dependent service rate mu_j(x_j), with exact event times.
 
-Disciplines (DESIGN.md section 1) are one mechanism with two knobs:
+Disciplines (docs/model.md section 1) are one mechanism with two knobs:
 
 * the *service set* holds at most ``capacity`` jobs (``ps``: all of them,
   ``fifo``: the head of line, ``ps`` with ``max_load = L``: floor(L/sbar));
@@ -31,41 +31,72 @@ events, so event times are exact.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections import deque
 from heapq import heappop, heappush
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 from simpy.core import NORMAL
 
+from ..errors import ScenarioError
 from ..events import Wakeup
 from ..jobs import Job
+from ..rates import RateFamily, make_rate
+from .base import BackendContext, BackendModel, BackendParams, register_backend
 
 INF = math.inf
 
 
-class Backend:
+class RateParams(BackendParams):
+    """The ``rate`` model's keys in a ``[[backends]]`` table."""
+
+    discipline: Literal["ps", "fifo"] = Field("ps", description="ps: jobs share the rate; fifo: the head of line gets it")
+    service: RateFamily = Field(description="the rate family mu(x), e.g. { kind = 'saturating', c = 4.0, k = 2.0 }")
+    max_load: float | None = Field(None, gt=0, description="ps only: at most floor(max_load/sbar) jobs in service")
+
+    @field_validator("service", mode="before")
+    @classmethod
+    def _service(cls, v: Any) -> RateFamily:
+        return make_rate(v, key="service")
+
+    @model_validator(mode="after")
+    def _max_load_needs_ps(self) -> RateParams:
+        if self.max_load is not None and self.discipline != "ps":
+            raise ScenarioError("max_load", "only applies to discipline 'ps'")
+        return self
+
+
+@register_backend
+class RateBackend(BackendModel):
+    """Jobs sharing a load-dependent service rate mu(x) (processor sharing or FIFO), event times exact."""
+
     __slots__ = (
-        "index", "env", "rate_function", "mean_size", "capacity", "rate_counts_all", "multiplier",
-        "jobs", "service", "waiting", "virtual", "t_last", "rate", "_rates", "_scheduled", "_version",
-        "on_done", "history_t", "history_n", "history_window", "_prune_at", "next_done", "lazy", "observer",
+        "mu", "mean_size", "capacity", "rate_counts_all", "multiplier", "service", "waiting", "virtual",
+        "t_last", "rate", "_rates", "_scheduled", "_version", "on_done", "lazy", "_keep_history",
     )  # fmt: skip
 
-    def __init__(self, index, spec, mean_size, env, on_done, history_window, lazy=True, rate_tables=None):
-        self.index = index
-        self.lazy = lazy
-        self.next_done = INF
-        self.env = env
-        self.rate_function = spec.service
-        self.mean_size = mean_size
-        if spec.discipline == "fifo":
+    name: ClassVar[str] = "rate"
+    Params = RateParams
+    examples: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"service": {"kind": "saturating", "c": 2.0, "k": 1.0}},
+        {"discipline": "fifo", "service": {"kind": "batch", "a": 0.1, "b": 0.4}},
+        {"service": {"kind": "servers", "r": 1.5, "k": 0.6}, "max_load": 0.9},
+    )
+    supports_antagonist: ClassVar[bool] = True
+
+    def __init__(self, index: int, params: RateParams, context: BackendContext):
+        super().__init__(index, params, context)
+        self.lazy = context.lazy
+        mean_size = self.mean_size = context.mean_size
+        self.mu = params.service
+        if params.discipline == "fifo":
             self.capacity, self.rate_counts_all = 1, True
-        elif spec.max_load is not None:
-            self.capacity, self.rate_counts_all = max(1, int(spec.max_load / mean_size + 1e-9)), False
+        elif params.max_load is not None:
+            self.capacity, self.rate_counts_all = max(1, int(params.max_load / mean_size + 1e-9)), False
         else:
             self.capacity, self.rate_counts_all = INF, True
         self.multiplier = 1.0
-        self.jobs = 0  # n_j: jobs present, in service or waiting
         self.service: list[tuple[float, int, Job]] = []  # heap of (finish tag, job_id, job)
         self.waiting: deque[Job] = deque()
         self.virtual = 0.0
@@ -73,43 +104,28 @@ class Backend:
         self.rate = 0.0
         # mu_j(n * sbar) by n: x_j only takes these values. Backends with the same
         # rate function share one table.
-        tables = {} if rate_tables is None else rate_tables
-        self._rates = tables.setdefault((spec.service, mean_size), [])
+        self._rates = context.shared.setdefault((self.name, params.service, mean_size), [])
         self._scheduled: tuple | None = None  # (rate, in service, head tag) of the pending completion
         self._version = 0
-        self.on_done = on_done
-        #: optional per-job hooks ``arrived(job, now, rif)`` / ``finished(job, now)`` and
-        #: ``estimate(rif)``: the latency-at-RIF tracker Prequal's probes read
-        self.observer = None
-        # Telemetry history: (time, jobs) at every change, pruned to the longest delay.
-        self.history_window = history_window
-        self.history_t = [-INF]
-        self.history_n = [0]
-        self._prune_at = 8
+        self.on_done = context.on_done
+        self._keep_history = context.history_window is not None
+
+    @classmethod
+    def rate_function(cls, params: RateParams, mean_size: float) -> RateFamily:  # type: ignore[override]
+        return params.service
+
+    @classmethod
+    def load_limit(cls, params: RateParams, mean_size: float) -> float:  # type: ignore[override]
+        return params.max_load if params.max_load is not None else INF
 
     # -- state ------------------------------------------------------------------------
-    @property
-    def load(self) -> float:
-        """x_j = n_j * sbar."""
-        return self.jobs * self.mean_size
-
     def rate_at(self, n: int) -> float:
         """mu_j(n * sbar), from a table filled in vectorised chunks (a numpy call per job would dominate)."""
         rates = self._rates
         if n >= len(rates):
             more = np.arange(len(rates), max(n + 1, 2 * len(rates) + 16)) * self.mean_size
-            rates.extend(self.rate_function.value(more).tolist())
+            rates.extend(self.mu.value(more).tolist())
         return rates[n]
-
-    def latency_estimate(self) -> float:
-        """What the backend answers a probe about latency (NaN without an observer)."""
-        return self.observer.estimate(self.jobs) if self.observer is not None else float("nan")
-
-    def jobs_at(self, t: float) -> int:
-        """n_j as it was at time t (t within the history window; caught up to t first)."""
-        if self.next_done <= t:
-            self.catch_up(t)
-        return self.history_n[bisect_right(self.history_t, t) - 1]
 
     # -- events -----------------------------------------------------------------------
     def arrive(self, job: Job) -> None:
@@ -178,8 +194,8 @@ class Backend:
         except IndexError:
             rate = self.rate_at(n)
         self.rate = rate = self.multiplier * rate
-        if record and self.history_window is not None:
-            self.history_t.append(now)
+        if record and self._keep_history:
+            self.history_t.append(now)  # record(now), inlined: this runs twice per job
             self.history_n.append(self.jobs)
             if len(self.history_t) >= self._prune_at:
                 self._prune(now)
@@ -200,12 +216,3 @@ class Backend:
         if not self.lazy:
             self._version += 1
             self.env.schedule(Wakeup(self._complete, self._version), NORMAL, delay)
-
-    def _prune(self, now: float) -> None:
-        # Keep the last change at or before now - window: it is the state a
-        # frontend with the longest delay still sees.
-        k = bisect_right(self.history_t, now - self.history_window) - 1
-        if k > 0:
-            del self.history_t[:k]
-            del self.history_n[:k]
-        self._prune_at = max(8, 2 * len(self.history_t))

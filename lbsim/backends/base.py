@@ -1,0 +1,231 @@
+"""The backend-model contract and its registry.
+
+A backend model is the server behind one entry of ``[[backends]]``: it takes
+jobs (:meth:`BackendModel.arrive`), finishes them (``context.on_done``), and
+answers the engine, the telemetry views and Prequal's probes about its state.
+Today's backend, jobs sharing a load-dependent rate ``mu_j(x_j)``, is the
+model ``rate`` (:mod:`lbsim.backends.rate`), and the default; a scenario picks
+another with ``model = "NAME"`` in its ``[[backends]]`` table, and the other
+keys of that table are the model's ``Params``, validated when the scenario is
+loaded.
+
+A model is one class: a ``name``, a ``Params`` pydantic model, ``examples``
+(parameter sets the conformance suite in ``tests/test_backends.py`` runs
+through every invariant of docs/model.md section 4), the members below, and
+``@register_backend``. What the engine relies on, and nothing more:
+
+* ``jobs``: n_j, the jobs present (in service or waiting); ``index``: j;
+* ``arrive(job)``: a job reaches the backend at ``context.env.now``; the model
+  sets ``job.t_backend_arrival`` and later calls ``context.on_done(job, t)``;
+* ``next_done`` and ``catch_up(now)``: the time of the model's next
+  completion, and playing every completion due by ``now`` forward. With
+  ``context.lazy`` the model schedules no completion events: the engine calls
+  ``catch_up`` whenever it looks at the backend (arrival, telemetry read,
+  probe, sample, end of run). Without it, the model schedules its own
+  completions on the kernel so that ``on_done`` runs on time (routers that
+  listen for responses). Both must give the same event times to the last bit;
+* the telemetry history: ``history_t`` / ``history_n``, the times at which
+  n_j changed and its values (kept by :meth:`record`, pruned to
+  ``context.history_window``), read by the delayed and periodic views through
+  :meth:`jobs_at`;
+* ``observer``: optional per-job hooks a router attaches (Prequal's latency at
+  RIF), called as ``arrived(job, now, jobs)`` and ``finished(job, now)``;
+* ``set_multiplier(m)``: scale the model's speed from now on (antagonist load),
+  for models with ``supports_antagonist``.
+
+A model also says what the fluid model, the optimum and the routers that know
+rates may assume of it: :meth:`rate_function` gives its fluid rate ``mu(x)``
+(a :class:`~lbsim.rates.RateFamily`) or ``None``, and ``load_limit`` bounds
+the load its rate counts (``max_load``).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import ScenarioError, unknown
+from ..rates import from_params
+
+if TYPE_CHECKING:
+    from ..jobs import Job
+    from ..rates import RateFamily
+
+INF = math.inf
+
+BACKENDS: dict[str, type[BackendModel]] = {}
+DEFAULT_MODEL = "rate"
+
+B = TypeVar("B", bound="type[BackendModel]")
+
+
+def register_backend(cls: B) -> B:
+    """Class decorator: make a backend model available by its ``name`` (scenarios, ``lbsim backends``)."""
+    if not cls.name:
+        raise ValueError(f"backend model {cls.__qualname__} has no name")
+    if cls.name in BACKENDS and BACKENDS[cls.name] is not cls:
+        raise ValueError(f"two backend models are named {cls.name!r}: {BACKENDS[cls.name].__qualname__} and {cls.__qualname__}")
+    BACKENDS[cls.name] = cls
+    return cls
+
+
+class BackendParams(BaseModel):
+    """Base of every model's ``Params``: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+@dataclass
+class BackendContext:
+    """What the engine gives every backend it builds."""
+
+    env: Any  #: the kernel (a SimPy environment): ``now``, ``schedule``
+    mean_size: float  #: sbar, the mean job size
+    on_done: Callable[[Job, float], None]  #: to call when a job's service ends
+    history_window: float | None  #: how far back telemetry reads (None: keep no history)
+    lazy: bool = True  #: completions played forward on demand instead of scheduled
+    #: tables a model may share between its backends (e.g. mu(n * sbar) by n), keyed by the model
+    shared: dict[Any, Any] = field(default_factory=dict)
+
+
+class BackendModel:
+    """Base class of backend models: the telemetry history, and the contract's defaults."""
+
+    __slots__ = ("index", "context", "env", "jobs", "next_done", "observer", "history_t", "history_n", "_prune_at")
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[BackendParams]] = BackendParams
+    #: parameter sets the conformance suite runs (every model declares at least one)
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ()
+    #: whether :meth:`set_multiplier` (antagonist load) is supported
+    supports_antagonist: ClassVar[bool] = False
+
+    def __init__(self, index: int, params: BackendParams, context: BackendContext):
+        self.index = index
+        self.context = context
+        self.env = context.env
+        self.jobs = 0  # n_j: jobs present, in service or waiting
+        self.next_done = INF  # time of the next completion (INF: none pending)
+        #: optional per-job hooks ``arrived(job, now, jobs)`` / ``finished(job, now)`` and
+        #: ``estimate(jobs)``: the latency-at-RIF tracker Prequal's probes read
+        self.observer: Any = None
+        # Telemetry history: (time, jobs) at every change, pruned to the longest delay.
+        self.history_t = [-INF]
+        self.history_n = [0]
+        self._prune_at = 8
+
+    # -- what a model implements ------------------------------------------------------
+    def arrive(self, job: Job) -> None:
+        """A job reaches the backend now."""
+        raise NotImplementedError
+
+    def catch_up(self, now: float) -> None:
+        """Play forward every completion due by ``now``."""
+        raise NotImplementedError
+
+    def set_multiplier(self, multiplier: float) -> None:
+        """Scale the backend's speed from now on (antagonist load)."""
+        raise NotImplementedError(f"backend model {self.name!r} does not support antagonists")
+
+    @classmethod
+    def rate_function(cls, params: BackendParams, mean_size: float) -> RateFamily | None:
+        """The fluid rate ``mu(x)`` (work units per second at load x), or None if the model has none."""
+        return None
+
+    @classmethod
+    def load_limit(cls, params: BackendParams, mean_size: float) -> float:
+        """The largest load the fluid rate counts: the fluid departure rate is ``mu(min(x, limit))``."""
+        return INF
+
+    @classmethod
+    def check_scenario(cls, params: BackendParams, scenario: Any, key: str) -> None:
+        """Checks that need the whole scenario, run when it is loaded (raise ScenarioError naming ``key``...)."""
+
+    # -- provided ---------------------------------------------------------------------
+    @property
+    def load(self) -> float:
+        """x_j = n_j * sbar."""
+        return self.jobs * self.context.mean_size
+
+    def jobs_at(self, t: float) -> int:
+        """n_j as it was at time t (t within the history window; caught up to t first)."""
+        if self.next_done <= t:
+            self.catch_up(t)
+        return self.history_n[bisect_right(self.history_t, t) - 1]
+
+    def latency_estimate(self) -> float:
+        """What the backend answers a probe about latency (NaN without an observer)."""
+        return self.observer.estimate(self.jobs) if self.observer is not None else float("nan")
+
+    def record(self, now: float) -> None:
+        """Append n_j at ``now`` to the telemetry history (call it at every change of ``jobs``)."""
+        self.history_t.append(now)
+        self.history_n.append(self.jobs)
+        if len(self.history_t) >= self._prune_at:
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        # Keep the last change at or before now - window: it is the state a
+        # frontend with the longest delay still sees.
+        window = self.context.history_window
+        if window is None:
+            return
+        k = bisect_right(self.history_t, now - window) - 1
+        if k > 0:
+            del self.history_t[:k]
+            del self.history_n[:k]
+        self._prune_at = max(8, 2 * len(self.history_t))
+
+    @classmethod
+    def describe(cls) -> str:
+        return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+def backend_class(name: str, key: str = "model") -> type[BackendModel]:
+    from . import BACKENDS as registry  # noqa: F401  (importing the package registers every model)
+
+    if name not in BACKENDS:
+        raise ScenarioError(key, unknown("backend model", name, BACKENDS))
+    return BACKENDS[name]
+
+
+def validate_params(name: str, params: Mapping[str, Any], key: str = "") -> BackendParams:
+    """A model's parameters, checked; errors name the key relative to the backend's table."""
+    cls = backend_class(name, f"{key}.model" if key else "model")
+    try:
+        return cls.Params.model_validate(dict(params))
+    except ValidationError as exc:
+        for error in exc.errors():  # a validator that names its own key (make_rate's "service.c") wins
+            inner = (error.get("ctx") or {}).get("error")
+            if isinstance(inner, ScenarioError):
+                field = ".".join(str(part) for part in error["loc"])
+                where = inner.key if inner.key.split(".")[0] == field.split(".")[0] or not field else f"{field}.{inner.key}"
+                raise ScenarioError(f"{key}.{where}" if key else where, inner.message) from None
+    try:
+        return from_params(cls.Params, params, key, f"backend model '{name}'")
+    except ScenarioError as err:
+        raise ScenarioError(err.key.lstrip("."), err.message) from None
+
+
+def parameter_table() -> list[dict[str, Any]]:
+    """Every registered backend model with its parameters and defaults (``lbsim backends``)."""
+    from . import BACKENDS as registry  # noqa: F401
+
+    rows = []
+    for name in sorted(BACKENDS):
+        cls = BACKENDS[name]
+        params = [
+            {
+                "name": pname,
+                "default": None if f.is_required() else f.default,
+                "description": f.description or "",
+            }
+            for pname, f in cls.Params.model_fields.items()
+        ]
+        rows.append({"model": name, "description": cls.describe(), "params": params})
+    return rows
