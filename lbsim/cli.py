@@ -146,21 +146,35 @@ def validate(scenario, overrides):
     )
 
 
+def _print_registry(table: list[dict], key: str, as_json: bool) -> None:
+    """Print a registry's parameter table (routers, backend models, ...) as text or JSON."""
+    if as_json:
+        click.echo(json.dumps(table, indent=2, default=str))
+        return
+    for row in table:
+        click.echo(f"{row[key]}: {row['description']}")
+        for p in row["params"]:
+            required = p.get("required", p["default"] is None and not p["description"])
+            default = "required" if required else f"default {p['default']!r}"
+            click.echo(f"    {p['name']} ({default}): {p['description']}")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def routers(as_json):
     """List the registered routers with their parameters and defaults."""
     from .routers import parameter_table
 
-    table = parameter_table()
-    if as_json:
-        click.echo(json.dumps(table, indent=2, default=str))
-        return
-    for row in table:
-        click.echo(f"{row['router']}: {row['description']}")
-        for p in row["params"]:
-            default = "required" if p["default"] is None and not p["description"] else f"default {p['default']!r}"
-            click.echo(f"    {p['name']} ({default}): {p['description']}")
+    _print_registry(parameter_table(), "router", as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def backends(as_json):
+    """List the registered backend models with their parameters and defaults."""
+    from .backends import parameter_table
+
+    _print_registry(parameter_table(), "model", as_json)
 
 
 @main.command()

@@ -159,7 +159,7 @@ def optimum(scenario: Any, **options: Any) -> Optimum:
     fl = getattr(scenario, "frontend_label", None)
     bl = getattr(scenario, "backend_label", None)
     return solve(
-        scenario.service_rates,
+        scenario.rate_functions("the optimum"),
         scenario.demand,
         scenario.latency,
         scenario.connect,

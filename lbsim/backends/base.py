@@ -223,6 +223,7 @@ def parameter_table() -> list[dict[str, Any]]:
             {
                 "name": pname,
                 "default": None if f.is_required() else f.default,
+                "required": f.is_required(),
                 "description": f.description or "",
             }
             for pname, f in cls.Params.model_fields.items()
