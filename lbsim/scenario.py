@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -196,13 +196,40 @@ class BackendTable(_Table):
 
 
 class NetworkTable(_Table):
-    latency: list[list[float]] | float = Field(0.0, description="F x B one-way delays (s), or one number for all")
+    delay: list[list[float]] | float = Field(0.0, description="F x B one-way delays d_ij (s), or one number for all")
     connect: list[list[bool]] | None = Field(None, description="F x B: may frontend i use backend j (default all)")
     telemetry: Literal["delayed", "periodic", "instant", "none"] = "delayed"
     period: float = Field(1.0, gt=0, description="periodic telemetry: report interval (s)")
     jitter: dict[str, Any] | None = Field(
         None, description="extra one-way delay per traversal, e.g. {kind='exponential', mean=0.002}"
     )
+
+    old_keys: ClassVar[tuple[str, ...]] = ("latency",)  # accepted, and offered in "did you mean"
+    #: the key the delays were given under: ``delay``, or ``latency`` (its name before 0.2, still accepted)
+    _delay_key: str = PrivateAttr("delay")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _old_delay_key(cls, data: Any, handler: Any) -> NetworkTable:
+        key = "delay"
+        if isinstance(data, Mapping) and "latency" in data:
+            if "delay" in data:
+                raise ScenarioError("latency", "give the delays once, as 'delay' ('latency' is its old name)")
+            data = {("delay" if k == "latency" else k): v for k, v in data.items()}
+            key = "latency"
+        table = handler(data)
+        table._delay_key = key
+        return table
+
+    @property
+    def delay_key(self) -> str:
+        """``network.delay`` or ``network.latency``, as the scenario spelt it (for error messages)."""
+        return f"network.{self._delay_key}"
+
+    @property
+    def latency(self) -> list[list[float]] | float:
+        """The one-way delays under their old name (``delay``)."""
+        return self.delay
 
     @cached_property
     def jitter_distribution(self) -> tuple[Distribution, float] | None:
@@ -254,11 +281,16 @@ class Scenario(_Table):
         return np.array([f.rate for f in self.frontends], dtype=float)
 
     @cached_property
-    def latency(self) -> np.ndarray:
+    def delay(self) -> np.ndarray:
         """d_ij: one-way delay (s), shape (F, B)."""
-        lat = self.network.latency
+        lat = self.network.delay
         shape = (self.num_frontends, self.num_backends)
         return np.full(shape, float(lat)) if isinstance(lat, (int, float)) else np.array(lat, dtype=float)
+
+    @property
+    def latency(self) -> np.ndarray:
+        """The one-way delays d_ij under their old name (:attr:`delay`)."""
+        return self.delay
 
     @cached_property
     def connect(self) -> np.ndarray:
@@ -299,15 +331,15 @@ class Scenario(_Table):
     @model_validator(mode="after")
     def _cross_checks(self):
         F, B = self.num_frontends, self.num_backends
-        lat = self.network.latency
+        lat, key = self.network.delay, self.network.delay_key
         if not isinstance(lat, (int, float)):
-            _check_matrix(lat, F, B, "network.latency")
+            _check_matrix(lat, F, B, key)
             bad = [(i, j) for i, row in enumerate(lat) for j, d in enumerate(row) if not (d >= 0 and math.isfinite(d))]
             if bad:
                 i, j = bad[0]
-                raise ScenarioError(f"network.latency[{i}][{j}]", f"must be finite and >= 0, got {lat[i][j]}")
+                raise ScenarioError(f"{key}[{i}][{j}]", f"must be finite and >= 0, got {lat[i][j]}")
         elif not (lat >= 0 and math.isfinite(lat)):
-            raise ScenarioError("network.latency", f"must be finite and >= 0, got {lat}")
+            raise ScenarioError(key, f"must be finite and >= 0, got {lat}")
         if self.network.connect is not None:
             _check_matrix(self.network.connect, F, B, "network.connect")
         connect = self.connect
@@ -405,7 +437,7 @@ def _first_error(exc: ValidationError, data: Mapping[str, Any]) -> ScenarioError
         return ScenarioError(f"{key}.{inner}" if key and inner else key or inner, ctx_error.message)
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
-        valid = parent.model_fields.keys() if parent else []
+        valid = [*parent.model_fields.keys(), *getattr(parent, "old_keys", ())] if parent else []
         return ScenarioError(key, unknown("key", str(loc[-1]), valid))
     if err["type"] == "missing":
         return ScenarioError(key, "required key is missing")
