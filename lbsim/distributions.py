@@ -13,6 +13,7 @@ A new family is one class plus one registry line::
     class Weibull(Distribution):
         name = "weibull"
         shape: float = Field(2.0, gt=0)
+        examples = ({}, {"shape": 0.7})  # checked by tests/test_distributions.py
         ...
 """
 
@@ -31,11 +32,18 @@ from lbsim.rates import from_params
 
 
 class Distribution(BaseModel):
-    """A positive distribution with a free mean and fixed shape parameters (the fields)."""
+    """A positive distribution with a free mean and fixed shape parameters (the fields).
+
+    ``examples`` lists shape parameter sets that exercise the family (the
+    defaults and edge ones: nearly deterministic, highly variable), each with
+    a finite variance so that a sample mean has a standard error; the test
+    suite runs every registered distribution through its checks on each.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     name: ClassVar[str]
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     def sample(self, rng: np.random.Generator, n: int, mean: float) -> np.ndarray:
         """``n`` iid draws with expectation ``mean`` (all zero when ``mean == 0``, e.g. no delay)."""
@@ -87,6 +95,7 @@ class Exponential(Distribution):
     """Exponential with the given mean; ``scv = 1``."""
 
     name = "exponential"
+    examples = ({},)
 
     @property
     def scv(self) -> float:
@@ -101,6 +110,7 @@ class Deterministic(Distribution):
     """Always the mean; ``scv = 0``. Draws nothing from ``rng``."""
 
     name = "deterministic"
+    examples = ({},)
 
     @property
     def scv(self) -> float:
@@ -115,6 +125,7 @@ class Lognormal(Distribution):
     """``exp(N(m, sigma**2))`` with ``m = log(mean) - sigma**2/2``; ``scv = exp(sigma**2) - 1``."""
 
     name = "lognormal"
+    examples = ({}, {"sigma": 0.3}, {"sigma": 1.5})
     sigma: float = Field(1.0, gt=0, description="standard deviation of log(size)")
 
     @property
@@ -130,6 +141,7 @@ class Gamma(Distribution):
     """Gamma with shape ``shape`` and scale ``mean/shape``; ``scv = 1/shape``."""
 
     name = "gamma"
+    examples = ({}, {"shape": 0.5}, {"shape": 10.0})
     shape: float = Field(2.0, gt=0, description="shape: 1 is exponential, larger is less variable")
 
     @property
@@ -148,6 +160,7 @@ class Pareto(Distribution):
     """
 
     name = "pareto"
+    examples = ({}, {"alpha": 4.5})  # alpha > 2: a finite variance
     alpha: float = Field(2.5, gt=1, description="tail index (> 1 for a finite mean, > 2 for a finite variance)")
 
     @property
@@ -167,6 +180,7 @@ class Empirical(Distribution):
     """
 
     name = "empirical"
+    examples = ({"values": [1.0, 2.0, 7.0]}, {"values": [0.3]})
     values: tuple[Annotated[float, Field(gt=0)], ...] = Field(
         min_length=1, description="observed sizes (any unit: only their shape is used)"
     )
@@ -192,6 +206,7 @@ class Uniform(Distribution):
     """Uniform on ``[mean*(1-spread), mean*(1+spread)]``; ``scv = spread**2/3``."""
 
     name = "uniform"
+    examples = ({}, {"spread": 0.0}, {"spread": 0.4})
     spread: float = Field(1.0, ge=0, le=1, description="half-width relative to the mean")
 
     @property

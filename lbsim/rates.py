@@ -15,6 +15,7 @@ A new family is one class plus one registry line::
         formula = "c*x/sqrt(x**2+k**2)"
         c: float = Field(gt=0, description="capacity (work units/s)")
         k: float = Field(gt=0, description="load scale (work units)")
+        examples = ({"c": 2.0, "k": 1.0}, {"c": 0.5, "k": 1e-3})  # checked by tests/test_rates.py
         supremum = property(lambda self: self.c)
         def _value(self, x): ...          # on float arrays
         def _derivative(self, x): ...     # inverses default to bisection
@@ -70,13 +71,16 @@ class RateFamily(BaseModel):
     validated fields named by the formula's letters, and implement ``_value``,
     ``_derivative`` and ``supremum`` on float arrays. ``_inverse`` and
     ``_derivative_inverse`` default to bisection; override them when a closed
-    form exists.
+    form exists. ``examples`` lists parameter sets that exercise the family (a
+    typical one and edge ones: tiny or huge scales, a limiting exponent); the
+    test suite runs every registered family through its checks on each.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     kind: ClassVar[str]
     formula: ClassVar[str]
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     # -- public, vectorised ---------------------------------------------------
     def value(self, x: ArrayLike) -> FloatOrArray:
@@ -261,6 +265,7 @@ class Constant(RateFamily):
 
     kind = "constant"
     formula = "c for x > 0"
+    examples = ({"c": 3.0}, {"c": 0.25})
     c: float = Field(gt=0, description="service rate whenever the backend is busy (work units/s)")
 
     @property
@@ -286,6 +291,7 @@ class Linear(RateFamily):
 
     kind = "linear"
     formula = "r*x"
+    examples = ({"r": 2.0}, {"r": 1e-3})
     r: float = Field(gt=0, description="rate per unit of load (1/s)")
 
     @property
@@ -315,6 +321,7 @@ class Servers(RateFamily):
 
     kind = "servers"
     formula = "r*min(x, k)"
+    examples = ({"r": 2.0, "k": 3.0}, {"r": 0.5, "k": 0.01})
     r: float = Field(gt=0, description="rate per unit of load below the knee (1/s)")
     k: float = Field(gt=0, description="load at which all servers are busy (work units)")
 
@@ -345,6 +352,7 @@ class Saturating(RateFamily):
 
     kind = "saturating"
     formula = "c*x/(x+k)"
+    examples = ({"c": 4.0, "k": 2.0}, {"c": 0.5, "k": 1e-3}, {"c": 1e3, "k": 50.0})
     c: float = Field(gt=0, description="capacity: the rate approached at high load (work units/s)")
     k: float = Field(gt=0, description="load at which the rate is c/2 (work units)")
 
@@ -377,6 +385,7 @@ class Exponential(RateFamily):
 
     kind = "exponential"
     formula = "c*(1-exp(-x/k))"
+    examples = ({"c": 4.0, "k": 2.0}, {"c": 0.5, "k": 1e-3})
     c: float = Field(gt=0, description="capacity: the rate approached at high load (work units/s)")
     k: float = Field(gt=0, description="load scale of the saturation (work units)")
 
@@ -407,6 +416,12 @@ class Power(RateFamily):
 
     kind = "power"
     formula = "c*x**a"
+    examples = (
+        {"c": 2.0, "a": 0.5},
+        {"c": 0.3, "a": 0.1},
+        {"c": 1.5, "a": 1.0},  # linear: the closed forms special-case it
+        {"c": 1.0, "a": 0.95},  # near linear: 1/(a-1) is large
+    )
     c: float = Field(gt=0, description="rate at unit load (work units/s)")
     a: float = Field(gt=0, le=1, description="exponent: 1 is linear, smaller saturates faster")
 
@@ -439,6 +454,7 @@ class Batch(RateFamily):
 
     kind = "batch"
     formula = "x/(a+b*x)"
+    examples = ({"a": 0.02, "b": 0.001}, {"a": 1.0, "b": 2.0})
     a: float = Field(gt=0, description="fixed time of a decode step (s)")
     b: float = Field(gt=0, description="time per request in the batch of a decode step (s)")
 

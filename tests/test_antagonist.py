@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 import simpy
-from conftest import Z, assert_close, backend, batch_estimate, scenario, time_average
+from helpers import Z, assert_close, backend, batch_estimate, scenario, time_average
 from scipy import stats
 from simpy.core import URGENT
 

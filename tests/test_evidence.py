@@ -4,7 +4,7 @@ Each test runs a scenario file from ``scenarios/`` (shortened where the
 claim allows) with fixed seeds and compares with the centralized optimum
 (``lbsim.optimum``), computed independently of the simulator. Statistical
 noise is measured, not guessed: mean latencies and loads carry batch-means
-standard errors (``conftest.batch_estimate``, 25 batches) and a check
+standard errors (``helpers.batch_estimate``, 25 batches) and a check
 passes only if it holds beyond ``Z`` of them. The modelling tolerance (how
 far "near the optimum" may be) is stated where it is used, with its reason.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BATCHES, Z, batch_estimate
+from helpers import BATCHES, Z, batch_estimate
 from scipy import optimize
 
 import lbsim

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.optimize
-from conftest import backend, scenario
+from helpers import backend, scenario
 
 import lbsim
 from lbsim.errors import ScenarioError

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import backend, float_tolerance, jobs_present, scenario
+from helpers import backend, float_tolerance, jobs_present, scenario
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import backend, scenario
+from helpers import backend, scenario
 from scipy import stats
 
 import lbsim

@@ -23,24 +23,17 @@ EPS = float(np.finfo(float).eps)
 # within 1 ulp): a few ulps of error, times the conditioning of the result.
 ULPS = 16
 
-PARAMS: dict[str, list[dict[str, float]]] = {
-    "constant": [{"c": 3.0}, {"c": 0.25}],
-    "linear": [{"r": 2.0}, {"r": 1e-3}],
-    "servers": [{"r": 2.0, "k": 3.0}, {"r": 0.5, "k": 0.01}],
-    "saturating": [{"c": 4.0, "k": 2.0}, {"c": 0.5, "k": 1e-3}, {"c": 1e3, "k": 50.0}],
-    "exponential": [{"c": 4.0, "k": 2.0}, {"c": 0.5, "k": 1e-3}],
-    "power": [{"c": 2.0, "a": 0.5}, {"c": 0.3, "a": 0.1}, {"c": 1.5, "a": 1.0}, {"c": 1.0, "a": 0.95}],
-    "batch": [{"a": 0.02, "b": 0.001}, {"a": 1.0, "b": 2.0}],
-}
 # Loads where mu' jumps: finite differences do not apply there.
 KINKS: dict[str, Callable[[RateFamily], list[float]]] = {"servers": lambda rate: [rate.k]}
 # Families whose value jumps (at 0): mu(mu^{-1}(y)) = y cannot hold.
 JUMPS = {"constant"}
 
+# Every registered family, on each parameter set it declares in ``examples``:
+# a new family is checked by every test below without being named here.
 CASES = [
     pytest.param(make_rate({"kind": kind, **params}), id=f"{kind}-" + "-".join(f"{k}{v:g}" for k, v in params.items()))
-    for kind, sets in PARAMS.items()
-    for params in sets
+    for kind, family in RATE_FAMILIES.items()
+    for params in family.examples
 ]
 EDGE = np.array([0.0, 5e-324, 1e-300, 1e-8, 0.5, 1.0, 3.0, 1e8, 1e300, np.finfo(float).max, np.inf])
 
@@ -70,8 +63,11 @@ def x_tolerance(rate: RateFamily, x: np.ndarray) -> np.ndarray:
     return 4 * ULPS * EPS * (x + cond)
 
 
-def test_every_registered_family_is_tested() -> None:
-    assert set(PARAMS) == set(RATE_FAMILIES)
+@pytest.mark.parametrize("family", RATE_FAMILIES.values(), ids=RATE_FAMILIES.keys())
+def test_every_registered_family_declares_examples(family: type[RateFamily]) -> None:
+    assert family.examples, f"{family.kind}: declare examples = ({{...}}, ...) on the class"
+    for params in family.examples:
+        assert make_rate({"kind": family.kind, **params}).spec() == {"kind": family.kind, **params}
 
 
 @pytest.mark.parametrize("rate", CASES)

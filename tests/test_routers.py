@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import backend, scenario
+from helpers import backend, scenario
 from scipy import optimize
 from scipy import stats as sps
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Z, backend, scenario
+from helpers import Z, backend, scenario
 
 import lbsim
 from lbsim.scenario import CapacityWarning, apply_override, load_scenario, parse_value

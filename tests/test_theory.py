@@ -2,7 +2,7 @@
 
 Every statistical check runs one long fixed-seed simulation and compares an
 estimate with an answer computed here from theory, within ``Z`` batch-means
-standard errors (see ``conftest.py``); nothing is tuned until green.
+standard errors (see ``helpers.py``); nothing is tuned until green.
 
 Units (DESIGN.md section 1): frontend i offers lambda_i work units/s as a
 Poisson stream of lambda_i / sbar jobs/s with mean size sbar. A backend with n
@@ -21,7 +21,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import (
+from helpers import (
     assert_close,
     backend,
     batch_estimate,
