@@ -16,7 +16,7 @@ import pkgutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import backend, jobs_present, scenario
+from helpers import backend, jobs_present, scenario
 
 import lbsim
 import lbsim.backends
