@@ -163,6 +163,43 @@ def routers(as_json):
             click.echo(f"    {p['name']} ({default}): {p['description']}")
 
 
+def _print_params(params: list[dict]) -> None:
+    for p in params:
+        default = "required" if p["required"] else f"default {p['default']!r}"
+        bounds = f", {p['constraints']}" if p["constraints"] else ""
+        click.echo(f"    {p['name']} ({default}{bounds}): {p['description']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def rates(as_json):
+    """List the registered rate families mu(x) with their formulas and parameters."""
+    from .rates import parameter_table
+
+    table = parameter_table()
+    if as_json:
+        click.echo(json.dumps(table, indent=2, default=str))
+        return
+    for row in table:
+        click.echo(f"{row['kind']}: mu(x) = {row['formula']}. {row['description']}")
+        _print_params(row["params"])
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def distributions(as_json):
+    """List the registered size (and jitter) distributions with their shape parameters."""
+    from .distributions import parameter_table
+
+    table = parameter_table()
+    if as_json:
+        click.echo(json.dumps(table, indent=2, default=str))
+        return
+    for row in table:
+        click.echo(f"{row['name']}: {row['description']}")
+        _print_params(row["params"])
+
+
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
