@@ -181,7 +181,7 @@ def rates(as_json):
         click.echo(json.dumps(table, indent=2, default=str))
         return
     for row in table:
-        click.echo(f"{row['kind']}: mu(x) = {row['formula']}. {row['description']}")
+        click.echo(f"{row['kind']}: {row['description']}")
         _print_params(row["params"])
 
 
