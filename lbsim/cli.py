@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -163,7 +164,7 @@ def routers(as_json):
             click.echo(f"    {p['name']} ({default}): {p['description']}")
 
 
-def _print_params(params: list[dict]) -> None:
+def _print_params(params: list[dict[str, Any]]) -> None:
     for p in params:
         default = "required" if p["required"] else f"default {p['default']!r}"
         bounds = f", {p['constraints']}" if p["constraints"] else ""
@@ -172,7 +173,7 @@ def _print_params(params: list[dict]) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def rates(as_json):
+def rates(as_json: bool) -> None:
     """List the registered rate families mu(x) with their formulas and parameters."""
     from .rates import parameter_table
 
@@ -187,7 +188,7 @@ def rates(as_json):
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def distributions(as_json):
+def distributions(as_json: bool) -> None:
     """List the registered size (and jitter) distributions with their shape parameters."""
     from .distributions import parameter_table
 
