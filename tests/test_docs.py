@@ -132,6 +132,17 @@ def test_every_registered_router_has_a_section_or_a_bullet():
         assert f"`{name}`" in text, f"docs/routers.md describes no router `{name}` below its table"
 
 
+def test_every_router_parameter_is_documented():
+    from lbsim.routers import parameter_table
+
+    text = (ROOT / "docs" / "routers.md").read_text()
+    for row in parameter_table():
+        if row["router"].startswith("_"):
+            continue
+        for p in row["params"]:
+            assert f"`{p['name']}`" in text, f"docs/routers.md: parameter {p['name']} of {row['router']} is missing"
+
+
 def test_links_between_pages_resolve_and_nothing_points_outside_the_repository():
     for path in DOCS:
         text = path.read_text()
