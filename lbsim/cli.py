@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -175,6 +176,43 @@ def backends(as_json):
     from .backends import parameter_table
 
     _print_registry(parameter_table(), "model", as_json)
+
+
+def _print_params(params: list[dict[str, Any]]) -> None:
+    for p in params:
+        default = "required" if p["required"] else f"default {p['default']!r}"
+        bounds = f", {p['constraints']}" if p["constraints"] else ""
+        click.echo(f"    {p['name']} ({default}{bounds}): {p['description']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def rates(as_json: bool) -> None:
+    """List the registered rate families mu(x) with their formulas and parameters."""
+    from .rates import parameter_table
+
+    table = parameter_table()
+    if as_json:
+        click.echo(json.dumps(table, indent=2, default=str))
+        return
+    for row in table:
+        click.echo(f"{row['kind']}: {row['description']}")
+        _print_params(row["params"])
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def distributions(as_json: bool) -> None:
+    """List the registered size (and jitter) distributions with their shape parameters."""
+    from .distributions import parameter_table
+
+    table = parameter_table()
+    if as_json:
+        click.echo(json.dumps(table, indent=2, default=str))
+        return
+    for row in table:
+        click.echo(f"{row['name']}: {row['description']}")
+        _print_params(row["params"])
 
 
 @main.command()

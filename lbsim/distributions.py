@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lbsim.errors import ScenarioError, unknown
-from lbsim.rates import from_params
+from lbsim.rates import field_rows, first_paragraph, from_params
 
 
 class Distribution(BaseModel):
@@ -88,6 +88,17 @@ def make_distribution(name: str, params: Mapping[str, Any], key: str, field: str
     if not isinstance(name, str) or name not in DISTRIBUTIONS:
         raise ScenarioError(f"{key}.{field}", unknown(f"{field} distribution", str(name), DISTRIBUTIONS))
     return from_params(DISTRIBUTIONS[name], params, key, name)
+
+
+def parameter_table() -> list[dict[str, Any]]:
+    """Every registered distribution (``lbsim distributions``): ``name``, ``description`` (the
+    class docstring's first paragraph) and ``params`` (shape parameters, as
+    :func:`lbsim.rates.field_rows`), sorted by name. The mean is not a parameter: it is
+    ``size_mean`` (sizes) or ``mean`` (jitter)."""
+    return [
+        {"name": name, "description": first_paragraph(cls), "params": field_rows(cls)}
+        for name, cls in sorted(DISTRIBUTIONS.items())
+    ]
 
 
 @register_distribution

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from lbsim.errors import ScenarioError, unknown
 
@@ -230,6 +231,53 @@ def from_params(cls: type[M], params: Mapping[str, Any], key: str, what: str) ->
         msg = str(error["msg"]).removeprefix("Value error, ")
         message = f"{msg[:1].lower()}{msg[1:]}, got {_format(got)}"
     raise ScenarioError(f"{key}{loc}", message)
+
+
+def _constraints(field: FieldInfo) -> str:
+    """A field's bounds as text, e.g. ``> 0, <= 1`` (from its ``Field(gt=..., le=...)`` metadata)."""
+    parts = []
+    for item in field.metadata:
+        for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            bound = getattr(item, attr, None)
+            if bound is not None:
+                parts.append(f"{symbol} {_format(bound)}")
+        if getattr(item, "min_length", None) is not None:
+            parts.append(f"at least {item.min_length} value(s)")
+    return ", ".join(parts)
+
+
+def field_rows(cls: type[BaseModel]) -> list[dict[str, Any]]:
+    """One row per parameter of a family: ``name``, ``default`` (None if required), ``required``,
+    ``constraints`` (text such as ``> 0, <= 1``) and ``description``."""
+    return [
+        {
+            "name": name,
+            "default": None if field.is_required() else field.default,
+            "required": field.is_required(),
+            "constraints": _constraints(field),
+            "description": field.description or "",
+        }
+        for name, field in cls.model_fields.items()
+    ]
+
+
+def first_paragraph(cls: type) -> str:
+    """The first paragraph of a class docstring, on one line (what ``lbsim rates`` shows)."""
+    return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def parameter_table() -> list[dict[str, Any]]:
+    """Every registered rate family (``lbsim rates``): ``kind``, ``formula``, ``description``
+    (the class docstring's first paragraph) and ``params`` (:func:`field_rows`), sorted by kind."""
+    return [
+        {
+            "kind": kind,
+            "formula": cls.formula,
+            "description": first_paragraph(cls),
+            "params": field_rows(cls),
+        }
+        for kind, cls in sorted(RATE_FAMILIES.items())
+    ]
 
 
 def make_rate(spec: Mapping[str, Any] | RateFamily, key: str = "service") -> RateFamily:
