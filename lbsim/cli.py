@@ -157,7 +157,8 @@ def _print_registry(table: list[dict], key: str, as_json: bool) -> None:
         for p in row["params"]:
             required = p.get("required", p["default"] is None and not p["description"])
             default = "required" if required else f"default {p['default']!r}"
-            click.echo(f"    {p['name']} ({default}): {p['description']}")
+            bounds = f", {p['constraints']}" if p.get("constraints") else ""
+            click.echo(f"    {p['name']} ({default}{bounds}): {p['description']}")
 
 
 @main.command()
@@ -178,26 +179,13 @@ def backends(as_json):
     _print_registry(parameter_table(), "model", as_json)
 
 
-def _print_params(params: list[dict[str, Any]]) -> None:
-    for p in params:
-        default = "required" if p["required"] else f"default {p['default']!r}"
-        bounds = f", {p['constraints']}" if p["constraints"] else ""
-        click.echo(f"    {p['name']} ({default}{bounds}): {p['description']}")
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def rates(as_json: bool) -> None:
     """List the registered rate families mu(x) with their formulas and parameters."""
     from .rates import parameter_table
 
-    table = parameter_table()
-    if as_json:
-        click.echo(json.dumps(table, indent=2, default=str))
-        return
-    for row in table:
-        click.echo(f"{row['kind']}: {row['description']}")
-        _print_params(row["params"])
+    _print_registry(parameter_table(), "kind", as_json)
 
 
 @main.command()
@@ -206,13 +194,7 @@ def distributions(as_json: bool) -> None:
     """List the registered size (and jitter) distributions with their shape parameters."""
     from .distributions import parameter_table
 
-    table = parameter_table()
-    if as_json:
-        click.echo(json.dumps(table, indent=2, default=str))
-        return
-    for row in table:
-        click.echo(f"{row['name']}: {row['description']}")
-        _print_params(row["params"])
+    _print_registry(parameter_table(), "name", as_json)
 
 
 @main.command()

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ScenarioError, unknown
-from ..rates import from_params
+from ..rates import field_rows, first_paragraph, from_params
 
 if TYPE_CHECKING:
     from ..jobs import Job
@@ -183,7 +183,7 @@ class BackendModel:
 
     @classmethod
     def describe(cls) -> str:
-        return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        return first_paragraph(cls)
 
 
 def backend_class(name: str, key: str = "model") -> type[BackendModel]:
@@ -216,17 +216,7 @@ def parameter_table() -> list[dict[str, Any]]:
     """Every registered backend model with its parameters and defaults (``lbsim backends``)."""
     from . import BACKENDS as registry  # noqa: F401
 
-    rows = []
-    for name in sorted(BACKENDS):
-        cls = BACKENDS[name]
-        params = [
-            {
-                "name": pname,
-                "default": None if f.is_required() else f.default,
-                "required": f.is_required(),
-                "description": f.description or "",
-            }
-            for pname, f in cls.Params.model_fields.items()
-        ]
-        rows.append({"model": name, "description": cls.describe(), "params": params})
-    return rows
+    return [
+        {"model": name, "description": first_paragraph(cls), "params": field_rows(cls.Params)}
+        for name, cls in sorted(BACKENDS.items())
+    ]
