@@ -137,6 +137,16 @@ def test_largest_fitting_equals_enumeration():
             assert values[found].sum() == max(fitting)
 
 
+def test_largest_fitting_returns_a_fit_when_its_budget_runs_out():
+    rng = np.random.default_rng(4)
+    values = 2 * rng.integers(1, 4000, 1024)  # even values, odd capacity: no exact fit ends the search early
+    for budget in (1, 2, 10, 100, 4096):
+        found = largest_fitting(values, 7, 15_001, node_budget=budget)
+        assert found is not None and len(set(found.tolist())) == 7
+        assert values[found].sum() <= 15_001
+    assert values[largest_fitting(values, 7, 15_001)].sum() == 15_000
+
+
 # -- the exact program and the heuristics ---------------------------------------------------
 def test_bfio_exact_equals_brute_force():
     rng = np.random.default_rng(11)

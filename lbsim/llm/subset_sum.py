@@ -14,7 +14,8 @@ picks one item per level. At a node that has chosen ``j`` items of sum ``s``
 from the first ``i`` positions, with ``r = k - j`` still to choose:
 
 * *infeasible* if ``s`` plus the ``r`` smallest remaining values exceeds the
-  capacity (they are the ``r`` smallest overall, the last positions);
+  capacity (they are the ``r`` smallest overall, the last positions): the
+  values too large to be picked next are skipped by one bisection;
 * *dominated* if ``s`` plus the ``r`` largest remaining values (positions
   ``i .. i + r - 1``) is no better than the best total found so far; if that
   total fits, it is the best of the branch, taken without branching;
@@ -24,8 +25,9 @@ from the first ``i`` positions, with ``r = k - j`` still to choose:
   produce the same totals).
 
 The search stops when a total equals the capacity or after ``node_budget``
-nodes; each node costs O(log n) (a bisection), so one call costs
-``O(n log n + node_budget * log n)``: bounded whatever the values. Past the
+steps (a step: one position examined at one level, or one call); each costs
+O(1) or one bisection, so one call costs ``O(n log n + node_budget * log n)``
+(the sort first): bounded whatever the values. Past the
 budget the best total found so far is returned, which may miss the optimum
 (never the feasibility: a total is returned only if it fits).
 """
@@ -55,9 +57,9 @@ def largest_fitting(values: np.ndarray, k: int, capacity: int, node_budget: int 
 
     ``values`` are non-negative integers; returns ``None`` when no ``k``
     values fit (their ``k`` smallest exceed ``capacity``) or ``k`` exceeds
-    their number. Ties between equal values go to the earliest positions
-    (the pool's first-come order). Exact unless ``node_budget`` nodes run out
-    (see the module docstring).
+    their number. Among equal values the earliest positions (the pool's
+    first-come order) are tried first. Exact unless ``node_budget`` steps run
+    out (see the module docstring); even then the positions returned fit.
     """
     n = len(values)
     if k <= 0 or k > n:
@@ -72,8 +74,9 @@ def largest_fitting(values: np.ndarray, k: int, capacity: int, node_budget: int 
         return np.sort(order[:k])
     negated = (-descending).tolist()
     value_list = descending.tolist()
-    best_total = -1
-    best: list[int] = []
+    # the k smallest fit: the search starts from them and only improves, so a budget cut still returns a fit
+    best_total = prefix[n] - prefix[n - k]
+    best: list[int] = list(range(n - k, n))
     chosen: list[int] = []
     nodes = 0
 
@@ -89,14 +92,17 @@ def largest_fitting(values: np.ndarray, k: int, capacity: int, node_budget: int 
                 best = [*chosen, position]
             return best_total == capacity or nodes >= node_budget
         previous = -1
-        for position in range(start, n - need + 1):
+        smallest_rest = prefix[n] - prefix[n - need + 1]
+        # skip the values too large to complete with the smallest ones (decreasing: they come first)
+        first = bisect_left(negated, total + smallest_rest - capacity, lo=start)
+        for position in range(first, n - need + 1):
+            nodes += 1
+            if nodes >= node_budget:
+                return True
             value = value_list[position]
             if value == previous:
                 continue
             previous = value
-            smallest_rest = prefix[n] - prefix[n - need + 1]
-            if total + value + smallest_rest > capacity:
-                continue  # too large here; smaller values follow
             largest = total + prefix[position + need] - prefix[position]
             if largest <= best_total:
                 break  # every later position gives a total no larger
@@ -112,6 +118,4 @@ def largest_fitting(values: np.ndarray, k: int, capacity: int, node_budget: int 
         return nodes >= node_budget
 
     search(0, 0, k)
-    if best_total < 0:  # pragma: no cover - the k smallest fit, so the search finds a total
-        return None
     return np.sort(order[np.asarray(best, dtype=np.int64)])
