@@ -116,6 +116,9 @@ def test_projection_drops_requests_when_their_output_is_used_up():
     assert projected[:, 0].tolist() == [30, 20, 20, 0]
     assert projected[:, 1].tolist() == [5, 5, 5, 5]
     assert _project(loads, lengths, remaining, 0).tolist() == [[30, 5]]
+    # T = min(H, the longest remaining output, 9 here, or a longer candidate estimate)
+    assert _project(loads, lengths, remaining, 100).shape == (10, 2)
+    assert _project(loads, lengths, remaining, 100, longest=12).shape == (13, 2)
 
 
 # -- subset sum against enumeration --------------------------------------------------------

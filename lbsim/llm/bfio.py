@@ -183,17 +183,24 @@ class _Envelope:
 
 
 def _project(
-    loads: np.ndarray, lengths: Sequence[np.ndarray], remaining: Sequence[np.ndarray], steps: int
+    loads: np.ndarray, lengths: Sequence[np.ndarray], remaining: Sequence[np.ndarray], horizon: int, longest: int = 0
 ) -> np.ndarray:
-    """``L_g(t)`` for ``t = 0..steps``: ``L_g`` less the lengths of the requests whose remaining output is ``<= t``."""
+    """``L_g(t)`` for ``t = 0..T``: ``L_g`` less the lengths of the requests whose remaining output is ``<= t``.
+
+    ``T = min(horizon, max(longest, the longest remaining output))``; with
+    ``horizon = 0`` neither ``lengths`` nor ``remaining`` is read.
+    """
     ranks = len(loads)
     loads = np.asarray(loads, dtype=np.int64)
-    if steps == 0:
+    if horizon == 0 or ranks == 0:
         return loads[None, :].copy()
     counts = [len(r) for r in remaining]
+    left = np.concatenate([np.asarray(r, dtype=np.int64) for r in remaining])
+    steps = max(0, min(horizon, max(longest, int(left.max()) if len(left) else 0)))
+    if steps == 0:
+        return loads[None, :].copy()
     rank_of = np.repeat(np.arange(ranks, dtype=np.int64), counts)
-    left = np.concatenate([np.asarray(r, dtype=np.int64) for r in remaining]) if ranks else np.zeros(0, np.int64)
-    size = np.concatenate([np.asarray(x, dtype=np.int64) for x in lengths]) if ranks else np.zeros(0, np.int64)
+    size = np.concatenate([np.asarray(x, dtype=np.int64) for x in lengths])
     # the current load is known exactly, so nothing leaves at t = 0 whatever its estimate
     bins = rank_of * (steps + 2) + np.clip(left, 1, steps + 1)
     leaving = np.bincount(bins, weights=size, minlength=ranks * (steps + 2)).reshape(ranks, steps + 2)
@@ -254,12 +261,8 @@ def bfio(
     if count == 0 or total_free == 0:
         return []
     prompts = np.asarray(prompts[:count], dtype=np.int64)
-    steps = 0
-    if horizon > 0:
-        longest = max((int(np.max(r)) for r in remaining if len(r)), default=0)
-        longest = max(longest, int(np.max(output_estimates[:count])))
-        steps = max(0, min(horizon, longest))
-    envelope = _Envelope(_project(loads, lengths, remaining, steps), alpha, beta, decay)
+    longest = int(np.max(output_estimates[:count])) if horizon > 0 else 0
+    envelope = _Envelope(_project(loads, lengths, remaining, horizon, longest), alpha, beta, decay)
     slots = np.asarray(free, dtype=np.int64).copy()
     alive = np.arange(count)
     admissions: Admissions = []
