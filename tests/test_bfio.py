@@ -189,7 +189,9 @@ def test_bfio_without_lookahead_reads_no_output_length():
     remaining = [rng.integers(1, 50, 4) for _ in range(6)]
     reference = bfio(loads, free, prompts, lengths, remaining, rng.integers(1, 99, 24), horizon=0)
     # None would raise on any read
-    assert bfio(loads, free, prompts, None, None, None, horizon=0) == reference  # type: ignore[arg-type]
+    assert bfio(loads, free, prompts, None, None, None, horizon=0) == reference
+    with pytest.raises(ValueError, match="horizon"):
+        bfio(loads, free, prompts, None, None, None, horizon=1)
 
 
 def test_lookahead_sees_a_rank_about_to_empty():
@@ -241,7 +243,7 @@ def test_every_policy_returns_a_valid_assignment(state: dict, horizon: int, thre
 
 def test_bfio_considers_only_its_first_candidates():
     loads, free, prompts = np.zeros(3, np.int64), np.full(3, 5), np.arange(1, 41)
-    admissions = bfio(loads, free, prompts, [], [], None, 0, candidates=6)  # type: ignore[arg-type]
+    admissions = bfio(loads, free, prompts, [], [], None, 0, candidates=6)
     assert sorted(c for c, _ in admissions) == list(range(6))
 
 

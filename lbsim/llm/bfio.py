@@ -212,9 +212,9 @@ def bfio(
     loads: np.ndarray,
     free: np.ndarray,
     prompts: np.ndarray,
-    lengths: Sequence[np.ndarray],
-    remaining: Sequence[np.ndarray],
-    output_estimates: np.ndarray,
+    lengths: Sequence[np.ndarray] | None,
+    remaining: Sequence[np.ndarray] | None,
+    output_estimates: np.ndarray | None,
     horizon: int,
     alpha: float = 1.0,
     beta: float = 43.0,
@@ -231,7 +231,8 @@ def bfio(
     does not say which requests count. ``L_g(t)`` for ``t = 0..T`` as in
     :class:`_Envelope`, ``M_t = max_g L_g(t)``, ``m_gt = max(M_t - L_g(t), 0)``.
     With ``H = 0``, ``T = 0`` and ``lengths``, ``remaining`` and
-    ``output_estimates`` are not read at all: only ``loads``.
+    ``output_estimates`` are not read at all (they may be ``None``): only
+    ``loads``. With ``H > 0`` they are required (``ValueError`` otherwise).
 
     **Score** of adding prompt mass ``S`` to rank ``g``:
     ``F(S) = alpha S sum_t decay^t - beta sum_{t: m_gt < S} decay^t (S - m_gt)``.
@@ -261,8 +262,13 @@ def bfio(
     if count == 0 or total_free == 0:
         return []
     prompts = np.asarray(prompts[:count], dtype=np.int64)
-    longest = int(np.max(output_estimates[:count])) if horizon > 0 else 0
-    envelope = _Envelope(_project(loads, lengths, remaining, horizon, longest), alpha, beta, decay)
+    if horizon > 0:
+        if lengths is None or remaining is None or output_estimates is None:
+            raise ValueError("bfio: a horizon > 0 needs lengths, remaining and output_estimates")
+        projected = _project(loads, lengths, remaining, horizon, int(np.max(output_estimates[:count])))
+    else:
+        projected = _project(loads, (), (), 0)
+    envelope = _Envelope(projected, alpha, beta, decay)
     slots = np.asarray(free, dtype=np.int64).copy()
     alive = np.arange(count)
     admissions: Admissions = []
