@@ -272,7 +272,7 @@ def fluid(scenario, router, horizon, dt, overrides, out):
 @click.option("--scales", default="1,0.1,0.01,0.001", show_default=True, help="comma-separated job scales")
 @click.option("--seeds", type=int, default=4, show_default=True, help="seeds per scale (common across scales)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory (re-run to resume)")
 @click.option("--workers", type=int, default=1, show_default=True, help="parallel runs")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
 @click.option("--scheduler", help="dask scheduler address (default: a LocalCluster of --workers)")
