@@ -175,7 +175,7 @@ def test_expansion_order_keys_and_router_parameters(tmp_path):
     ],
 )
 def test_invalid_key_fails_before_any_run(tmp_path, monkeypatch, grid, key):
-    import lbsim.experiments.sweeps as sweeps
+    from lbsim.experiments import sweeps
 
     def no_run(config):
         raise AssertionError("a run started")
@@ -241,7 +241,7 @@ def test_sweep_outputs(clean_sweep):
 
 
 def test_rerun_skips_completed_runs(clean_sweep, monkeypatch):
-    import lbsim.experiments.sweeps as sweeps
+    from lbsim.experiments import sweeps
 
     spec, results = clean_sweep
 

@@ -38,7 +38,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing
 from pathlib import Path
@@ -79,7 +79,7 @@ def execute(
     ``total - len(tasks)`` are already done (a resumed sweep). ``function``
     must be importable by name (a module-level function) for the pool and dask.
     """
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     check_executor(workers, executor, scheduler)
     total = len(tasks) if total is None else total
@@ -89,6 +89,7 @@ def execute(
     try:
         if not tasks:
             return
+        results: Generator[tuple[str, Any], None, None]
         if executor == "dask":
             results = _dask_results(function, tasks, workers, scheduler)
         elif workers == 1:
@@ -131,7 +132,7 @@ def map_ordered(
     return [results[key] for key in keys]
 
 
-def _pool_results(function, tasks, workers) -> Iterator[tuple[str, Any]]:
+def _pool_results(function, tasks, workers) -> Generator[tuple[str, Any], None, None]:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["lbsim.experiments"])
     pool = ProcessPoolExecutor(
@@ -182,7 +183,7 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def _dask_results(function, tasks, workers, scheduler) -> Iterator[tuple[str, Any]]:
+def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, Any], None, None]:
     try:
         from distributed import Client, LocalCluster
         from distributed import as_completed as dask_completed

@@ -182,15 +182,15 @@ def load_sweep(spec: str | Path | Mapping[str, Any]) -> SweepSpec:
     raw_grid = data.get("grid", {})
     if not isinstance(raw_grid, Mapping):
         raise ScenarioError("grid", "must be a table of key paths to lists of values")
-    for path, values in _flatten(raw_grid):
+    for key_path, values in _flatten(raw_grid):
         if not _nonempty_list(values):
-            raise ScenarioError(f"grid.{path}", f"must be a non-empty list of values, got {values!r}")
-        _check_varied_key(path, "grid", job_scale_ok=False)
-        grid[path] = list(values)
+            raise ScenarioError(f"grid.{key_path}", f"must be a non-empty list of values, got {values!r}")
+        _check_varied_key(key_path, "grid", job_scale_ok=False)
+        grid[key_path] = list(values)
 
     raw_set = data.get("set", {})
     if isinstance(raw_set, Mapping):
-        fixed = [f"{path}={toml_value(value)}" for path, value in _flatten(raw_set)]
+        fixed = [f"{key_path}={toml_value(value)}" for key_path, value in _flatten(raw_set)]
     elif isinstance(raw_set, list) and all(isinstance(s, str) for s in raw_set):
         fixed = list(raw_set)
     else:
@@ -324,7 +324,7 @@ def expand(spec: SweepSpec) -> list[Run]:
     the seed), which checks what only a router can check (a weight matrix's
     shape, the optimum's feasibility for ``weighted:split=optimal``).
     """
-    job_scales = spec.job_scales or [None]
+    job_scales: list[float | None] = [*spec.job_scales] if spec.job_scales else [None]
     runs: dict[str, Run] = {}
     overloaded: dict[str, str] = {}  # per configuration without its seed: the capacity warning, or ""
     for values in itertools.product(*spec.grid.values()):
