@@ -170,26 +170,25 @@ def comparison_markdown(table: pd.DataFrame, settings: Settings, name: str, opti
     return text
 
 
-# -- runs in parallel ------------------------------------------------------------------------
-def simulate_tables(config: dict, router: str, params: dict, tables: Sequence[str] = ("routing",)) -> dict:
-    """One simulation of a scenario dict (a pool worker's job): the tables asked for, and the summary."""
+# -- runs in parallel (lbsim.experiments' executor) -----------------------------------------
+def simulate_tables(job: tuple) -> dict:
+    """One simulation of a scenario dict (an executor's task): the tables asked for, and the summary.
+
+    ``job`` is ``(config, router, params)`` or ``(config, router, params, tables)``; tables default to routing.
+    """
     import lbsim
     from lbsim.scenario import Scenario
 
+    config, router, params, *rest = job
+    tables = rest[0] if rest else ("routing",)
     result = lbsim.simulate(Scenario.from_dict(config), router=router, **params)
     out = {name: getattr(result, name) for name in tables}
     out["summary"] = result.summary()
     return out
 
 
-def parallel_map(function: Callable, jobs: Sequence[tuple], workers: int) -> list:
-    """``[function(*job) for job in jobs]``, on a process pool when ``workers > 1`` (same order)."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [function(*job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+def parallel_map(function: Callable, jobs: Sequence, workers: int) -> list:
+    """``[function(job) for job in jobs]`` on lbsim's executor: a process pool when ``workers > 1`` (same order)."""
+    from lbsim.experiments import map_ordered
 
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-        futures = [pool.submit(function, *job) for job in jobs]
-        return [f.result() for f in futures]
+    return map_ordered(function, list(jobs), workers=max(1, min(workers, len(jobs))))

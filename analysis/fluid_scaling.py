@@ -42,19 +42,10 @@ def run(settings: Settings) -> Section:
     scaling_png = common.save(ax.figure, settings, "fluid_scaling")
 
     names = [scenario.backend_label(j) for j in range(scenario.num_backends)]
-    shown = result.backends_shown
-    trajectories = result.trajectories
-    fluid_rows = trajectories[trajectories["scale"].isna()]
-    figure, axes = plots.new_figure(len(scales), 1, figsize=(8.0, 1.9 * len(scales) + 0.8), sharex=True, sharey=True)
-    for ax, scale in zip(axes, scales):
-        runs = trajectories[trajectories["scale"] == scale]
-        plots.load_trajectories(runs, fluid_rows, backends=shown, names=names, ax=ax)
-        ax.set_ylabel(f"load, scale {scale:g}")
-        if ax is not axes[0]:
-            ax.get_legend().remove()
-        ax.set_xlabel("")
-    axes[0].set_title(f"{scenario.name}, {ROUTER}: simulated loads (seed 1) against the fluid model (dashed)")
-    axes[-1].set_xlabel("time (s)")
+    figure = plots.scaling_trajectories(
+        result.trajectories, scales, backends=result.backends_shown, names=names,
+        title=f"{scenario.name}, {ROUTER}: simulated loads (seed 1) against the fluid model (dashed)",
+    )  # fmt: skip
     trajectories_png = common.save(figure, settings, "fluid_trajectories")
 
     rows = []

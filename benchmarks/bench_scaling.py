@@ -35,6 +35,7 @@ def main() -> None:
     started = time.perf_counter()
     result = scaling(scenario, args.router, scales, args.seeds, out=args.out, progress=True, workers=args.workers)
     wall = time.perf_counter() - started
+    print(result.format_table())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     biggest = result.runs[result.runs["scale"] == min(scales)]
     print(f"wall {wall:.1f} s for {len(result.runs)} runs (fluid model {result.fluid.wall_seconds:.2f} s)")

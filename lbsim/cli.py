@@ -225,10 +225,10 @@ def optimum(scenario, overrides, as_json):
 
 def _router_list(text: str) -> list[str]:
     """``a,b:step=0.1,interval=0.2,c`` -> ``["a", "b:step=0.1,interval=0.2", "c"]``."""
-    from .experiments import _split_top_level
+    from .experiments import split_top_level
 
     routers: list[str] = []
-    for item in _split_top_level(text):
+    for item in split_top_level(text):
         item = item.strip()
         if routers and "=" in item and ":" not in item.split("=", 1)[0]:
             routers[-1] += "," + item  # a parameter of the router before it
@@ -255,11 +255,10 @@ def compare(scenario, routers, seeds, overrides, out, workers, executor, schedul
     s = _load(scenario, overrides)
     seed_list = [int(x) for x in seeds.split(",")] if "," in seeds else int(seeds)
     result = run_compare(
-        s, _router_list(routers), seed_list, out=out, workers=workers, progress=False if quiet else True,
+        s, _router_list(routers), seed_list, out=out, workers=workers, progress=not quiet,
         executor=executor, scheduler=scheduler,
     )  # fmt: skip
-    if quiet:
-        click.echo(str(result))
+    click.echo(result.format_table())
     if out:
         click.echo(f"wrote {Path(out)}/")
 
@@ -307,12 +306,14 @@ def fluid(scenario, router, horizon, dt, overrides, out):
 @click.option("--scales", default="1,0.1,0.01,0.001", show_default=True, help="comma-separated job scales")
 @click.option("--seeds", type=int, default=4, show_default=True, help="seeds per scale (common across scales)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory (re-run to resume)")
 @click.option("--workers", type=int, default=1, show_default=True, help="parallel runs")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
+@click.option("--scheduler", help="dask scheduler address (default: a LocalCluster of --workers)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @user_errors
-def scaling(scenario, router, scales, seeds, overrides, out, workers, quiet):
-    """Job-size scaling: distance between simulated loads and the fluid model as job_scale shrinks."""
+def scaling(scenario, router, scales, seeds, overrides, out, workers, executor, scheduler, quiet):
+    """Job-size scaling: distance between simulated loads and the fluid model as job_scale shrinks; resumable."""
     from .scaling import scaling as study
 
     s = _load(scenario, _router_switch(scenario, router, overrides))
@@ -320,7 +321,9 @@ def scaling(scenario, router, scales, seeds, overrides, out, workers, quiet):
         scale_list = [float(x) for x in scales.split(",")]
     except ValueError:
         raise ScenarioError("--scales", f"must be comma-separated numbers, got {scales!r}") from None
-    result = study(s, s.router.name, scale_list, seeds, out=out, progress=not quiet, workers=workers)
-    if quiet:  # with progress on, the study prints its table itself
-        click.echo(result.format_table())
+    result = study(
+        s, s.router.name, scale_list, seeds, out=out, progress=not quiet, workers=workers,
+        executor=executor, scheduler=scheduler,
+    )  # fmt: skip
+    click.echo(result.format_table())
     click.echo(f"wrote {Path(out)}/")

@@ -11,7 +11,10 @@ Every function takes one of lbsim's tables as a DataFrame and draws it:
   :func:`load_trajectories`; routing (``routing.parquet``): :func:`routing_splits`;
 - a sweep's ``results.parquet``: :func:`sweep_heatmap` (two columns x a
   metric), :func:`sweep_lines` (a metric against one column, a line per router);
-- ``lbsim.scaling``'s tables: :func:`scaling_plot` (log-log, with the fit).
+- ``lbsim.scaling``'s tables: :func:`scaling_plot` (log-log, with the fit),
+  :func:`scaling_fits` (the power laws and their intervals),
+  :func:`scaling_distances` (every metric, a Figure) and
+  :func:`scaling_trajectories` (simulated vs fluid loads per scale, a Figure).
 
 A function that draws one panel takes ``ax=`` (draw there) and returns the
 Axes; without it, it makes a new :class:`matplotlib.figure.Figure` on the Agg
@@ -42,8 +45,11 @@ __all__ = [
     "percentile_bars",
     "plain_log_ticks",
     "routing_splits",
+    "scaling_distances",
     "scaling_fit",
+    "scaling_fits",
     "scaling_plot",
+    "scaling_trajectories",
     "sweep_heatmap",
     "sweep_lines",
 ]
@@ -120,18 +126,19 @@ def plain_log_ticks(axis) -> None:
 def _ecdf_points(values: np.ndarray, points: int = 1000) -> pd.DataFrame:
     """The ECDF at about ``2 * points`` order statistics: even in probability, and log-spaced in the tail.
 
-    Plotting every job of a million-job run is slow and draws nothing more;
+    The ECDF is :func:`lbsim.stats.ecdf`'s (non-finite values dropped). Plotting every job of a million-job run is slow and draws nothing more;
     the tail points keep the CCDF exact down to ``1/n``.
     """
-    x = np.sort(values[np.isfinite(values)])
+    from .stats import ecdf
+
+    x, probability = ecdf(values)
     n = len(x)
     if n == 0:
         return pd.DataFrame({"value": [], "ecdf": [], "ccdf": []})
     body = np.linspace(0, n - 1, min(n, points)).astype(int)
     tail = n - np.unique(np.logspace(0, math.log10(n), min(n, points)).astype(int))
     index = np.unique(np.concatenate([body, tail, [0, n - 1]]))
-    ecdf = (index + 1) / n
-    return pd.DataFrame({"value": x[index], "ecdf": ecdf, "ccdf": 1.0 - ecdf})
+    return pd.DataFrame({"value": x[index], "ecdf": probability[index], "ccdf": 1.0 - probability[index]})
 
 
 def _curves(jobs: pd.DataFrame, by: str | None, order, value: str, points: int) -> tuple[pd.DataFrame, list, str]:
@@ -547,6 +554,110 @@ def scaling_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
         return math.nan, math.nan
     slope, intercept = np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)
     return float(slope), float(math.exp(intercept))
+
+
+def scaling_fits(
+    runs: pd.DataFrame, metrics: Sequence[str] = ("sup_distance", "rms_distance"), x: str = "scale"
+) -> dict[str, dict[str, float]]:
+    """Power laws ``metric = exp(intercept) * x**slope`` fitted to runs (one row per scale and seed), per metric.
+
+    ``slope`` and ``intercept`` (natural log) are the least-squares line
+    through the log of the per-scale means (:func:`scaling_fit`'s line);
+    ``slope_low``/``slope_high`` are a 95% interval from the regression of
+    every run's log distance on log scale, Student t with ``runs - 2``
+    degrees of freedom (the spread across seeds, not across scales only).
+    Runs with a distance of 0 (no log) are left out; fewer than two scales
+    give NaN. This is ``lbsim.scaling``'s ``ScalingResult.fits``.
+    """
+    import scipy.stats
+
+    fits = {}
+    for metric in metrics:
+        positive = runs[runs[metric] > 0]
+        means = positive.groupby(x)[metric].mean()
+        if len(means) < 2:
+            fits[metric] = dict.fromkeys(("slope", "intercept", "slope_low", "slope_high"), math.nan)
+            continue
+        slope, intercept = np.polyfit(np.log(means.index.to_numpy()), np.log(means.to_numpy()), 1)
+        regression = scipy.stats.linregress(np.log(positive[x]), np.log(positive[metric]))
+        dof = len(positive) - 2
+        half = scipy.stats.t.ppf(0.975, dof) * regression.stderr if dof > 0 else math.nan
+        fits[metric] = {
+            "slope": float(slope),
+            "intercept": float(intercept),
+            "slope_low": float(regression.slope - half),
+            "slope_high": float(regression.slope + half),
+        }
+    return fits
+
+
+def scaling_distances(
+    runs: pd.DataFrame,
+    fits: Mapping[str, Mapping[str, float]] | None = None,
+    metrics: Sequence[str] = ("sup_distance", "rms_distance"),
+    *,
+    title: str | None = None,
+    figsize: tuple[float, float] = (6.4, 4.8),
+):
+    """Every metric of a scaling study against the job scale, log-log, on one Axes: a Figure.
+
+    For each metric (``sup_distance``, ``rms_distance``) :func:`scaling_plot`
+    draws every run, the per-scale means with their 95% CI and the fitted
+    power law ``fits[metric]`` (:func:`scaling_fits` of ``runs`` by default).
+    This is ``scaling.png`` of ``lbsim scaling``.
+    """
+    import seaborn as sns
+
+    fits = scaling_fits(runs, metrics) if fits is None else fits
+    figure, ax = new_figure(figsize=figsize)
+    for colour, metric in zip(sns.color_palette(n_colors=len(metrics)), metrics):
+        scaling_plot(runs, metric, fit=fits[metric], reference_slope=None, label=metric.split("_")[0],
+                     color=colour, ylabel="distance to the fluid loads", ax=ax)  # fmt: skip
+    # Frame the data, as a log axis does by itself: a t interval reaching below 0 would
+    # otherwise stretch the axis down by decades to the clipped end of its bar.
+    values = runs[list(metrics)].to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size:
+        ax.set_ylim(bottom=0.8 * values.min())
+    if title is not None:
+        ax.set_title(title)
+    return figure
+
+
+def scaling_trajectories(
+    trajectories: pd.DataFrame,
+    scales: Sequence[float] | None = None,
+    *,
+    backends: Sequence[int] | None = None,
+    names: Sequence[str] | None = None,
+    title: str | None = None,
+    figsize: tuple[float, float] | None = None,
+):
+    """Simulated against fluid loads over time, one panel per job scale (shared axes): a Figure.
+
+    ``trajectories`` is ``ScalingResult.trajectories``: ``t``, ``backend``,
+    ``load`` and ``scale`` (NaN for the fluid model's rows). Each panel is a
+    :func:`load_trajectories` of one scale's run against the fluid rows
+    (dashed); the legend is the top panel's. This is ``trajectories.png``
+    of ``lbsim scaling``.
+    """
+    fluid_rows = trajectories[trajectories["scale"].isna()]
+    if scales is None:
+        scales = list(dict.fromkeys(trajectories["scale"].dropna()))
+    figure, axes = new_figure(len(scales), 1, figsize=figsize or (8.0, 1.9 * len(scales) + 0.8),
+                              sharex=True, sharey=True)  # fmt: skip
+    axes = np.atleast_1d(axes)
+    for ax, scale in zip(axes, scales):
+        load_trajectories(trajectories[trajectories["scale"] == scale], fluid_rows, backends=backends, names=names,
+                          ax=ax)  # fmt: skip
+        ax.set_ylabel(f"load, scale {scale:g}")
+        if ax is not axes[0]:
+            ax.get_legend().remove()
+        ax.set_xlabel("")
+    if title is not None:
+        axes[0].set_title(title)
+    axes[-1].set_xlabel("time (s)")
+    return figure
 
 
 def _bound_columns(table: pd.DataFrame, y: str) -> tuple[str, str] | None:

@@ -22,14 +22,22 @@ Per scale: mean and 95% Student t interval over the seeds
 interval from the regression of every run's log distance. Job records are
 switched off (``simulation.record_jobs = false``) since only the time series
 is used; the runs are kept one at a time, so memory is one run's.
+
+The runs go to the executor of :mod:`lbsim.experiments.executors` (this
+process, a process pool or dask; the numbers do not depend on it). With an
+output directory, each finished run is kept in ``out/runs/<key>.json``
+(:class:`~lbsim.experiments.store.RunStore`: its distances, counts and wall
+time, and for the first seed the loads drawn in ``trajectories.png``), so
+running the same study again, after a crash or Ctrl-C, reuses them and
+only runs the rest. The key covers the run's scenario at its scale, router,
+parameters, seed, fluid options and drawn backends.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,67 +135,18 @@ class ScalingResult:
             "fluid_band": self.fluid.band,
         }
         write_json(out / "scaling.json", meta)
-        self.plot_scaling(out / "scaling.png")
-        self.plot_trajectories(out / "trajectories.png")
+        from . import plots
+
+        title = f"{self.scenario.name}, {self.router}"
+        figure = plots.scaling_distances(self.runs, self.fits, METRICS, title=f"{title}: stochastic vs fluid")
+        figure.savefig(out / "scaling.png", dpi=120)
+        names = [self.scenario.backend_label(j) for j in range(self.scenario.num_backends)]
+        figure = plots.scaling_trajectories(
+            self.trajectories, list(self.table["scale"]), backends=self.backends_shown, names=names,
+            title=f"{title}: stochastic (solid) vs fluid (dashed)", figsize=(7.5, 1.9 * len(self.table) + 0.6),
+        )  # fmt: skip
+        figure.savefig(out / "trajectories.png", dpi=120)
         return out
-
-    def plot_scaling(self, path: str | Path) -> None:
-        """Log-log distance vs scale: every run, the means with their 95% CI, and the fitted lines."""
-        import seaborn as sns
-        from matplotlib.figure import Figure  # no pyplot: no global backend, renders with Agg
-
-        long = self.runs.melt(
-            id_vars=["scale", "seed"], value_vars=list(METRICS), var_name="metric", value_name="distance"
-        )
-        fig = Figure(figsize=(6.4, 4.8), layout="constrained")
-        ax = fig.subplots()
-        sns.scatterplot(data=long, x="scale", y="distance", hue="metric", alpha=0.45, ax=ax, legend=False)
-        palette = sns.color_palette(n_colors=len(METRICS))
-        scales = self.table["scale"].to_numpy()
-        grid = np.geomspace(scales.min(), scales.max(), 50)
-        for color, metric in zip(palette, METRICS):
-            short = metric.split("_")[0]
-            mean = self.table[f"{short}_mean"].to_numpy()
-            low, high = self.table[f"{short}_low"].to_numpy(), self.table[f"{short}_high"].to_numpy()
-            yerr = np.vstack([mean - low, high - mean])
-            ax.errorbar(scales, mean, yerr=np.where(np.isfinite(yerr), yerr, 0.0), fmt="o", color=color, capsize=3)
-            fit = self.fits[metric]
-            ax.plot(
-                grid,
-                np.exp(fit["intercept"]) * grid ** fit["slope"],
-                "--",
-                color=color,
-                label=f"{short}: slope {fit['slope']:.2f} [{fit['slope_low']:.2f}, {fit['slope_high']:.2f}]",
-            )
-        ax.set(xscale="log", yscale="log", xlabel="job scale", ylabel="distance to the fluid loads")
-        ax.set_title(f"{self.scenario.name}, {self.router}: stochastic vs fluid")
-        ax.legend(title="mean, 95% CI, log-log fit")
-        fig.savefig(path, dpi=120)
-
-    def plot_trajectories(self, path: str | Path) -> None:
-        """Fluid vs stochastic loads (first seed) of the shown backends, one panel per scale."""
-        import seaborn as sns
-        from matplotlib.figure import Figure
-
-        scales = list(self.table["scale"])
-        labels = {j: self.scenario.backend_label(j) for j in self.backends_shown}
-        data = self.trajectories.assign(backend=self.trajectories["backend"].map(labels))
-        fig = Figure(figsize=(7.5, 1.9 * len(scales) + 0.6), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(len(scales), 1, sharex=True, sharey=True))
-        fluid_rows = data[data["scale"].isna()]
-        for ax, scale in zip(axes, scales):
-            runs = data[data["scale"] == scale]
-            sns.lineplot(
-                data=runs, x="t", y="load", hue="backend", palette="tab10", lw=0.7, alpha=0.8, ax=ax, legend=False
-            )
-            sns.lineplot(
-                data=fluid_rows, x="t", y="load", hue="backend", palette="tab10", lw=1.6, linestyle="--", ax=ax,
-                legend=ax is axes[0],
-            )  # fmt: skip
-            ax.set_ylabel(f"load\nscale {scale:g}")
-        axes[0].set_title(f"{self.scenario.name}, {self.router}: stochastic (solid) vs fluid (dashed)")
-        axes[-1].set_xlabel("t (s)")
-        fig.savefig(path, dpi=120)
 
 
 def scaling(
@@ -199,6 +158,8 @@ def scaling(
     progress: bool = True,
     *,
     workers: int = 1,
+    executor: str = "local",
+    scheduler: Any = None,
     backends_shown: Sequence[int] | None = None,
     fluid_options: dict[str, Any] | None = None,
     **router_params,
@@ -207,15 +168,21 @@ def scaling(
 
     ``router`` defaults to the scenario's; ``router_params`` are passed to both
     the simulator and the fluid model. ``seeds`` is a count (seeds 1..N, common
-    to all scales) or a list. ``out``: write the tables and figures there
-    (:meth:`ScalingResult.write`). ``progress``: a progress bar over runs, and
-    print the table at the end. ``workers > 1`` runs the simulations in that
-    many processes (results do not depend on it). ``backends_shown``: the
-    backends drawn in ``trajectories.png`` (default: the most and the least
-    loaded at the end of the fluid trajectory). ``fluid_options``: ``dt``, ``band`` for :func:`~lbsim.fluid.fluid`.
+    to all scales) or a list. ``out``: keep every finished run in ``out/runs``
+    (a rerun reuses them) and write the tables and figures there
+    (:meth:`ScalingResult.write`). ``progress``: a progress bar over runs (on
+    stderr); the table is :meth:`ScalingResult.format_table`. ``workers``,
+    ``executor`` (``"local"`` or ``"dask"``) and ``scheduler``: where the
+    runs go, as for :func:`lbsim.experiments.sweep` (results do not depend
+    on it). ``backends_shown``: the backends drawn in ``trajectories.png``
+    (default: the most and the least loaded at the end of the fluid
+    trajectory). ``fluid_options``: ``dt``, ``band`` for :func:`~lbsim.fluid.fluid`.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+
+    from .experiments.executors import check_executor, execute
+    from .experiments.specs import config_key
+    from .experiments.store import RunStore
 
     scales = [float(s) for s in scales]
     if not scales or any(not (s > 0 and math.isfinite(s)) for s in scales):
@@ -223,6 +190,7 @@ def scaling(
     seed_list = list(range(1, int(seeds) + 1)) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
     if not seed_list:
         raise ScenarioError("seeds", "need at least one seed")
+    check_executor(workers, executor, scheduler)
     name = router or scenario.router.name
     base = scenario.replace(**{"simulation.record_jobs": False})
     fluid_result = fluid(base, router=name, record_split=False, **(fluid_options or {}), **router_params)
@@ -231,40 +199,61 @@ def scaling(
         backends_shown = sorted({int(order[0]), int(order[-1])})
     shown = [int(j) for j in backends_shown]
 
-    tasks = [(scale, seed) for scale in scales for seed in seed_list]
     keep = seed_list[0]
-    rows: list[dict[str, Any]] = []
-    trajectories: list[pd.DataFrame] = []
-    bar = tqdm(total=len(tasks), desc=f"scaling {name}", unit="run", disable=not progress)
-    jobs = [(base, name, scale, seed, seed == keep, shown, router_params) for scale, seed in tasks]
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            done = [pool.submit(_one_run, *job) for job in jobs]
-            outcomes = []
-            for future in done:
-                outcomes.append(future.result())
-                bar.update()
-    else:
-        outcomes = []
-        for job in jobs:
-            outcomes.append(_one_run(*job))
-            bar.update()
-    bar.close()
-    for (scale, seed), (timeseries, counts, wall, kept) in zip(tasks, outcomes):
-        distance = trajectory_distance(timeseries, fluid_result.t, fluid_result.load)
-        rows.append(
-            {
-                "scale": scale,
+    runs: list[tuple[str, dict[str, Any], dict[str, Any], tuple]] = []  # key, params, config, payload
+    for scale in scales:
+        at_scale = base.replace(**{"simulation.job_scale": scale})
+        for seed in seed_list:
+            kept = shown if seed == keep else None
+            # everything the run's record depends on, the fluid model it is measured against included
+            config = {
+                "scenario": at_scale.to_dict(),
+                "router": name,
+                "router_params": dict(router_params),
                 "seed": seed,
-                "jobs_arrived": counts["jobs_arrived"],
-                **distance,
-                "wall_seconds": wall,
-                "jobs_per_second": counts["jobs_arrived"] / wall if wall > 0 else math.nan,
+                "fluid_options": dict(fluid_options or {}),
+                "backends_kept": kept,
             }
-        )
-        if kept is not None:
-            trajectories.append(kept.assign(scale=scale))
-    runs = pd.DataFrame(rows)
+            payload = (at_scale, name, seed, kept, router_params)
+            runs.append((config_key(config), {"scale": scale, "seed": seed}, config, payload))
+    store = RunStore(Path(out) / "runs") if out is not None else None
+    records = store.finished(key for key, *_ in runs) if store is not None else {}
+    by_key = {key: (params, config) for key, params, config, _ in runs}
+
+    def save(key: str, outcome: dict[str, Any]) -> None:
+        params, config = by_key[key]
+        distance = trajectory_distance(outcome["timeseries"], fluid_result.t, fluid_result.load)
+        arrived, wall = outcome["jobs_arrived"], outcome["wall_seconds"]
+        row = {
+            **params,
+            "jobs_arrived": arrived,
+            **distance,
+            "wall_seconds": wall,
+            "jobs_per_second": arrived / wall if wall > 0 else math.nan,
+        }
+        kept = outcome["kept"]
+        record = {"key": key, "params": params, "summary": row, "config": config, "trajectory": kept}
+        records[key] = store.save(key, params, row, config, trajectory=kept) if store is not None else record
+
+    tasks = [(key, payload) for key, _, _, payload in runs if key not in records]
+    execute(
+        _scaling_run,
+        tasks,
+        save,
+        workers=workers,
+        executor=executor,
+        scheduler=scheduler,
+        progress=progress,
+        total=len(runs),
+        desc=f"scaling {name}",
+    )
+    rows = [records[key]["summary"] for key, *_ in runs]
+    trajectories = [
+        _trajectory_frame(records[key]["trajectory"]).assign(scale=params["scale"])
+        for key, params, *_ in runs
+        if records[key].get("trajectory") is not None
+    ]
+    table = pd.DataFrame(rows)
     fluid_rows = pd.DataFrame(
         {
             "t": np.repeat(fluid_result.t, len(shown)),
@@ -273,35 +262,53 @@ def scaling(
             "scale": np.nan,
         }
     )
+    from .plots import scaling_fits
+
     result = ScalingResult(
         scenario=scenario,
         router=name,
-        runs=runs,
-        table=_table(runs),
-        fits=_fits(runs),
+        runs=table,
+        table=_table(table),
+        fits=scaling_fits(table, METRICS),
         fluid=fluid_result,
         trajectories=pd.concat([*trajectories, fluid_rows], ignore_index=True),
         backends_shown=shown,
     )
     if out is not None:
         result.write(out)
-    if progress:
-        print(result.format_table())
     return result
 
 
-def _one_run(scenario, router, scale, seed, keep, shown, router_params):
-    """One simulation: its time series, counts, wall time, and (if ``keep``) the shown backends' loads."""
+def _scaling_run(payload: tuple) -> dict[str, Any]:
+    """One simulation: its time series, arrivals, wall time, and the kept backends' loads (or None)."""
     from . import simulate
 
+    scenario, router, seed, kept_backends, router_params = payload
     started = time.perf_counter()
-    result = simulate(scenario.replace(**{"simulation.job_scale": scale}), router=router, seed=seed, **router_params)
+    result = simulate(scenario, router=router, seed=seed, **router_params)
     wall = time.perf_counter() - started
     timeseries = result.timeseries[["t", "backend", "load"]]
-    kept = timeseries[timeseries["backend"].isin(shown)].reset_index(drop=True) if keep else None
-    counts = dict(result.counts)
+    kept = None
+    if kept_backends is not None:
+        loads = timeseries[timeseries["backend"].isin(kept_backends)]
+        # plain lists: the record is JSON, and a float's repr reads back to the same float
+        kept = {"t": loads["t"].tolist(), "backend": loads["backend"].tolist(), "load": loads["load"].tolist()}
+    arrived = int(result.counts["jobs_arrived"])
     del result  # the job records go now, before the next run
-    return timeseries, counts, wall, kept
+    return {"timeseries": timeseries, "jobs_arrived": arrived, "wall_seconds": wall, "kept": kept}
+
+
+def _trajectory_frame(kept: Mapping[str, list]) -> pd.DataFrame:
+    """A run's kept loads (``t``, ``backend``, ``load``), with the simulator's column types."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "t": np.asarray(kept["t"], dtype=np.float64),
+            "backend": np.asarray(kept["backend"], dtype=np.int32),
+            "load": np.asarray(kept["load"], dtype=np.float64),
+        }
+    )
 
 
 def _table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -319,27 +326,3 @@ def _table(runs: pd.DataFrame) -> pd.DataFrame:
         row["wall_per_run"] = float(group["wall_seconds"].mean())
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _fits(runs: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Slope of log distance on log scale: on the per-scale means, with a 95% CI from all runs."""
-    import scipy.stats
-
-    fits = {}
-    for metric in METRICS:
-        positive = runs[runs[metric] > 0]
-        means = positive.groupby("scale")[metric].mean()
-        if len(means) < 2:
-            fits[metric] = dict.fromkeys(("slope", "intercept", "slope_low", "slope_high"), math.nan)
-            continue
-        slope, intercept = np.polyfit(np.log(means.index.to_numpy()), np.log(means.to_numpy()), 1)
-        regression = scipy.stats.linregress(np.log(positive["scale"]), np.log(positive[metric]))
-        dof = len(positive) - 2
-        half = scipy.stats.t.ppf(0.975, dof) * regression.stderr if dof > 0 else math.nan
-        fits[metric] = {
-            "slope": float(slope),
-            "intercept": float(intercept),
-            "slope_low": float(regression.slope - half),
-            "slope_high": float(regression.slope + half),
-        }
-    return fits

@@ -175,12 +175,12 @@ def test_expansion_order_keys_and_router_parameters(tmp_path):
     ],
 )
 def test_invalid_key_fails_before_any_run(tmp_path, monkeypatch, grid, key):
-    import lbsim.experiments as experiments
+    from lbsim.experiments import sweeps
 
     def no_run(config):
         raise AssertionError("a run started")
 
-    monkeypatch.setattr(experiments, "run_config", no_run)
+    monkeypatch.setattr(sweeps, "run_config", no_run)
     spec = write_sweep(tmp_path, f'scenario = "tiny.toml"\nrouters = ["jsq", "dgdlb"]\nseeds = 2\n[grid]\n{grid}\n')
     with pytest.raises(ScenarioError) as err:
         sweep(spec, tmp_path / "out", progress=False)
@@ -241,14 +241,14 @@ def test_sweep_outputs(clean_sweep):
 
 
 def test_rerun_skips_completed_runs(clean_sweep, monkeypatch):
-    import lbsim.experiments as experiments
+    from lbsim.experiments import sweeps
 
     spec, results = clean_sweep
 
     def no_run(config):
         raise AssertionError("a completed run ran again")
 
-    monkeypatch.setattr(experiments, "run_config", no_run)
+    monkeypatch.setattr(sweeps, "run_config", no_run)
     assert sweep(spec, spec.parent / "out", progress=False).equals(results)
 
 

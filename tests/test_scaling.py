@@ -1,9 +1,15 @@
-"""Job-size scaling (lbsim/scaling.py): distances, tables, files, and the sqrt(scale) law."""
+"""Job-size scaling (lbsim/scaling.py): distances, tables, files, executors, resuming, and the sqrt(scale) law."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,7 +44,7 @@ def test_scaling_tables_files_and_reproducibility(tmp_path):
     sc = burst(horizon=12.0)
     result = scaling(sc, scales=(1.0, 0.1), seeds=2, out=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "runs.parquet", "scaling.json", "scaling.parquet", "scaling.png", "trajectories.png",
+        "runs", "runs.parquet", "scaling.json", "scaling.parquet", "scaling.png", "trajectories.png",
     ]  # fmt: skip
     runs = pd.read_parquet(tmp_path / "runs.parquet")
     assert list(runs[["scale", "seed"]].itertuples(index=False, name=None)) == [(1.0, 1), (1.0, 2), (0.1, 1), (0.1, 2)]
@@ -59,6 +65,137 @@ def test_scaling_tables_files_and_reproducibility(tmp_path):
     columns = ["scale", "seed", "jobs_arrived", "sup_distance", "rms_distance"]
     pd.testing.assert_frame_equal(again.runs[columns], result.runs[columns])
     assert "0.5 expected" in result.format_table()
+
+
+MACHINE_COLUMNS = ["wall_seconds", "jobs_per_second"]  # they measure the machine, not the model
+
+
+def same_study(a, b, machine: bool = False) -> None:
+    """Two scaling results agree value for value (and in their wall times too with ``machine``)."""
+    drop_runs = [] if machine else MACHINE_COLUMNS
+    drop_table = [] if machine else ["wall_per_run"]
+    pd.testing.assert_frame_equal(a.runs.drop(columns=drop_runs), b.runs.drop(columns=drop_runs), check_exact=True)
+    pd.testing.assert_frame_equal(a.table.drop(columns=drop_table), b.table.drop(columns=drop_table), check_exact=True)
+    pd.testing.assert_frame_equal(a.trajectories, b.trajectories, check_exact=True)
+    assert a.fits == b.fits
+
+
+def test_scaling_on_dask_gives_the_same_study():
+    """A dask LocalCluster of two workers computes exactly the runs of the in-process reference."""
+    pytest.importorskip("distributed")
+    sc = burst(horizon=12.0)
+    local = scaling(sc, scales=(1.0, 0.1), seeds=2, progress=False)
+    dask = scaling(sc, scales=(1.0, 0.1), seeds=2, progress=False, workers=2, executor="dask")
+    same_study(dask, local)
+    assert local.format_table().splitlines()[0] == dask.format_table().splitlines()[0]
+
+
+def test_interrupted_scaling_resumes_from_its_finished_runs(tmp_path, monkeypatch):
+    """A study stopped after some runs (here: only its first scale ran) reuses them when run again.
+
+    Rerunning the whole study must run only the missing runs, give the same
+    study as a clean one, and a third run must run nothing and reproduce the
+    second one exactly, wall times included (they are read back, not measured).
+    """
+    scaling_module = sys.modules["lbsim.scaling"]  # `lbsim.scaling` is the function, lbsim/__init__ re-exports it
+
+    sc = burst(horizon=12.0)
+    clean = scaling(sc, scales=(1.0, 0.1), seeds=2, progress=False)
+    out = tmp_path / "study"
+    scaling(sc, scales=(1.0,), seeds=2, out=out, progress=False)  # the part that finished before the stop
+    assert len(list((out / "runs").glob("*.json"))) == 2
+
+    ran = []
+    real_run = scaling_module._scaling_run
+
+    def counting_run(payload):
+        ran.append(payload[:3])
+        return real_run(payload)
+
+    monkeypatch.setattr(scaling_module, "_scaling_run", counting_run)
+    resumed = scaling(sc, scales=(1.0, 0.1), seeds=2, out=out, progress=False)
+    assert [(scale, seed) for scenario, _, seed in ran for scale in [scenario.simulation.job_scale]] == [
+        (0.1, 1), (0.1, 2),
+    ]  # fmt: skip
+    same_study(resumed, clean)
+    assert len(list((out / "runs").glob("*.json"))) == 4
+
+    ran.clear()
+    again = scaling(sc, scales=(1.0, 0.1), seeds=2, out=out, progress=False)
+    assert ran == []
+    same_study(again, resumed, machine=True)
+    assert again.format_table() == resumed.format_table()
+    # another router parameter is another run: nothing is reused for it
+    other = scaling(sc, scales=(1.0,), seeds=1, out=out, progress=False, step=0.05)
+    assert len(ran) == 1 and len(other.runs) == 1
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
+def test_ctrl_c_stops_lbsim_scaling_cleanly_and_it_resumes(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) on `lbsim scaling --workers 2`.
+
+    The command exits with one line and status 2, no worker prints a
+    traceback, no process is left behind, and the same command run again
+    reuses the runs that finished and prints the same table as a clean run.
+    """
+    out = tmp_path / "study"
+    args = [
+        sys.executable, "-c", "from lbsim.cli import main; main()", "scaling", "scenarios/fluid_burst.toml",
+        "--scales", "1,0.1,0.01,0.003", "--seeds", "2", "--set", "simulation.horizon=30",
+        "--set", "simulation.warmup=1", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    child = subprocess.Popen([*args, "--out", str(out), "--workers", "2"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True, env=env)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list((out / "runs").glob("*.json"))) < 2 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = descendants(child.pid)
+    os.killpg(child.pid, signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    stderr = stderr.decode()
+    finished = len(list((out / "runs").glob("*.json")))
+    assert child.returncode == 2 and 2 <= finished < 8, (child.returncode, finished, stderr)
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "error: aborted", stderr
+    deadline = time.monotonic() + 30
+    while (left := {p for p in workers if running(p)}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes left behind: {left}"
+
+    resumed = subprocess.run([*args, "--out", str(out)], capture_output=True, env=env, check=True)
+    clean = subprocess.run([*args, "--out", str(tmp_path / "clean")], capture_output=True, env=env, check=True)
+
+    def without_wall(text: bytes) -> list[str]:
+        lines = text.decode().splitlines()[:-1]  # the last line names the directory
+        return [line.rsplit(None, 1)[0] if line[:1] == " " or line[:1].isdigit() else line for line in lines]
+
+    assert without_wall(resumed.stdout) == without_wall(clean.stdout)
 
 
 def test_bad_scales_are_rejected():

@@ -1,0 +1,229 @@
+"""The one executor of lbsim: runs many independent simulations in this process, a process pool, or on dask.
+
+Sweeps, comparisons, job-size scaling and the analysis scripts all hand
+their runs here. A task is ``(key, payload)``; the executor calls
+``function(payload)`` somewhere and hands ``(key, result)`` back to the
+caller as each run lands (:func:`execute`), or all of them in the order they
+were given (:func:`map_ordered`). Runs are pure functions of their payload,
+so the results do not depend on where or in which order they were computed.
+
+``executor``:
+
+- ``"local"``: ``workers = 1`` runs in this process; more starts a process
+  pool (``forkserver``: workers fork from a clean server that imported
+  lbsim once, so they start fast and never inherit the caller's threads,
+  tqdm's or dask's, in the middle of a lock). Each worker watches its
+  parent and exits when it is gone, so ``kill -9`` of the caller leaves no
+  process behind.
+- ``"dask"``: a new ``LocalCluster`` of ``workers`` processes, or the
+  cluster at ``scheduler`` (an address, or a ``distributed.Client`` the
+  caller owns). Results come back to the caller, so remote workers need no
+  shared disk.
+
+**Ctrl-C.** Pool workers ignore SIGINT (the terminal sends it to the whole
+process group): the caller alone gets the ``KeyboardInterrupt``, cancels
+the queued runs and terminates the running ones, so the interrupt reaches
+the user as one exception of the caller and no worker prints a traceback.
+
+As with any process pool, a script that starts one with ``workers > 1``
+must do so under ``if __name__ == "__main__":`` (workers re-import it).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from ..errors import ScenarioError, unknown
+
+__all__ = ["EXECUTORS", "check_executor", "execute", "map_ordered", "process_alive"]
+
+EXECUTORS = ("local", "dask")
+
+
+def check_executor(workers: int, executor: str, scheduler: Any) -> None:
+    """Reject a bad ``workers``/``executor``/``scheduler`` combination before anything runs."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ScenarioError("workers", f"must be an integer >= 1, got {workers!r}")
+    if executor not in EXECUTORS:
+        raise ScenarioError("executor", unknown("executor", str(executor), EXECUTORS))
+    if scheduler is not None and executor != "dask":
+        raise ScenarioError("scheduler", "only used with executor 'dask'")
+
+
+def execute(
+    function: Callable[[Any], Any],
+    tasks: Sequence[tuple[str, Any]],
+    on_result: Callable[[str, Any], None],
+    *,
+    workers: int = 1,
+    executor: str = "local",
+    scheduler: Any = None,
+    progress: bool = False,
+    total: int | None = None,
+    desc: str = "runs",
+) -> None:
+    """Run ``function(payload)`` for every ``(key, payload)`` and hand each result to ``on_result`` as it lands.
+
+    ``progress`` shows a bar (on stderr) of ``total`` runs, of which
+    ``total - len(tasks)`` are already done (a resumed sweep). ``function``
+    must be importable by name (a module-level function) for the pool and dask.
+    """
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+    check_executor(workers, executor, scheduler)
+    total = len(tasks) if total is None else total
+    bar = tqdm(
+        total=total, initial=total - len(tasks), desc=desc, unit="run", disable=not progress, dynamic_ncols=True
+    )
+    try:
+        if not tasks:
+            return
+        results: Generator[tuple[str, Any], None, None]
+        if executor == "dask":
+            results = _dask_results(function, tasks, workers, scheduler)
+        elif workers == 1:
+            results = ((key, function(payload)) for key, payload in tasks)
+        else:
+            results = _pool_results(function, tasks, workers)
+        with closing(results):
+            for key, result in results:
+                on_result(key, result)
+                bar.update()
+    finally:
+        bar.close()
+
+
+def map_ordered(
+    function: Callable[[Any], Any],
+    payloads: Sequence[Any],
+    *,
+    workers: int = 1,
+    executor: str = "local",
+    scheduler: Any = None,
+    progress: bool = False,
+    desc: str = "runs",
+) -> list[Any]:
+    """``[function(p) for p in payloads]`` on the executor: the results in the order of ``payloads``."""
+    # A fresh token per call: on a shared dask scheduler, another map's task 0 is not this one's.
+    token = uuid.uuid4().hex[:12]
+    keys = [f"{token}-{k}" for k in range(len(payloads))]
+    results: dict[str, Any] = {}
+    execute(
+        function,
+        list(zip(keys, payloads)),
+        results.__setitem__,
+        workers=workers,
+        executor=executor,
+        scheduler=scheduler,
+        progress=progress,
+        desc=desc,
+    )
+    return [results[key] for key in keys]
+
+
+def _pool_results(function, tasks, workers) -> Generator[tuple[str, Any], None, None]:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["lbsim.experiments"])
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)), mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+    )
+    try:
+        futures = {pool.submit(function, payload): key for key, payload in tasks}
+        for future in as_completed(futures):
+            yield futures[future], _result(future, futures[future])
+    except BaseException:
+        # Ctrl-C, an error, or the caller closing the generator: queued runs are
+        # cancelled and running ones stopped now rather than finished unseen.
+        processes = list((pool._processes or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        raise
+    pool.shutdown(wait=True)
+
+
+def _start_worker(parent: int) -> None:
+    """Pool worker initializer: leave SIGINT to the parent, and exit once the parent is gone.
+
+    A pool's workers block forever on its task queue if the caller is killed
+    (``kill -9`` runs no clean-up), and keep the forkserver alive with them.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while process_alive(parent):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lbsim-watch-parent", daemon=True).start()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, Any], None, None]:
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise ScenarioError("executor", "'dask' needs dask.distributed: pip install 'lbsim[dask]'") from None
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+    elif isinstance(scheduler, str):
+        client = Client(scheduler)
+    else:  # an existing Client: the caller owns it
+        client = scheduler
+    futures = []
+    try:
+        # The key names the function too: a sweep and a comparison may share a configuration.
+        prefix = f"lbsim-{function.__name__.strip('_')}-"
+        futures = [client.submit(function, payload, key=prefix + key, pure=False) for key, payload in tasks]
+        for future in dask_completed(futures):
+            key = future.key.removeprefix(prefix)
+            result = _result(future, key)
+            future.release()
+            yield key, result
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+        if client is not scheduler:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _result(future, key: str) -> Any:
+    try:
+        return future.result()
+    except Exception as exc:
+        exc.add_note(f"in lbsim run {key}")
+        raise

@@ -1,0 +1,78 @@
+"""The resumable store: one JSON record per finished run, so a killed experiment resumes where it stopped.
+
+A directory (``out/runs``) holds ``<key>.json`` per finished run, where
+``key`` is :func:`~lbsim.experiments.specs.config_key` of the run's
+configuration. A record is ``{"key", "params", "summary", "config", ...}``:
+``params`` are the run's coordinates in the experiment, ``summary`` what
+it measured, ``config`` everything it depends on (so a record is checked
+against its key when it is read, and holds all it takes to run it again).
+
+Files appear whole: each is written to a temporary file
+``.<key>.json.<pid>.tmp``, synced, then renamed, so a record that exists
+is a run that finished, even after a crash or ``kill -9``. Temporary files
+of processes that are gone are deleted when the store is opened; those of
+a live process (another sweep writing to the same directory) are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..files import write_text
+from .executors import process_alive
+from .specs import config_key
+
+__all__ = ["RunStore"]
+
+
+class RunStore:
+    """The finished runs of an experiment, one record file per run key, in ``directory``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._clean_temporary()
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        """A finished run's record, or None if it is missing or not this run's (then it runs again)."""
+        try:
+            record = json.loads(self.path(key).read_text())
+            if record["key"] == key and config_key(record["config"]) == key and isinstance(record["summary"], dict):
+                return record
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def finished(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The records of the runs among ``keys`` that finished."""
+        return {key: record for key in keys if (record := self.load(key)) is not None}
+
+    def save(
+        self,
+        key: str,
+        params: Mapping[str, Any],
+        summary: Mapping[str, Any],
+        config: Mapping[str, Any],
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Write a finished run's record (whole and synced) and return it."""
+        record = {"key": key, "params": params, "summary": summary, "config": config, **extra}
+        # fsync too: a run file that exists is a run that finished, even after a crash
+        write_text(self.path(key), json.dumps(record, indent=1, allow_nan=True) + "\n", sync=True)
+        return record
+
+    def _clean_temporary(self) -> None:
+        """Delete temporary files left by experiments that died (their pid is gone)."""
+        for tmp in self.directory.glob(".*.tmp"):
+            try:
+                pid = int(tmp.name.rsplit(".", 2)[-2])
+            except ValueError:
+                pid = None
+            if pid is None or not process_alive(pid):
+                tmp.unlink(missing_ok=True)
