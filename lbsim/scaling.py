@@ -281,7 +281,7 @@ def scaling(
 
 def _scaling_run(payload: tuple) -> dict[str, Any]:
     """One simulation: its time series, arrivals, wall time, and the kept backends' loads (or None)."""
-    from . import simulate
+    from .engine import simulate
 
     scenario, router, seed, kept_backends, router_params = payload
     started = time.perf_counter()

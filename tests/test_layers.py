@@ -21,9 +21,9 @@ LAYERS: list[set[str]] = [
     {"backends", "routers"},
     {"scenario"},
     {"engine"},
-    {"fluid"},
-    {"scaling", "experiments"},
-    {"plots"},
+    {"fluid", "plots"},
+    {"experiments"},
+    {"scaling"},
     {"cli", "__main__"},
 ]
 PACKAGE = Path(lbsim.__file__).parent
