@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lbsim.llm import LLMEngine, LLMParams, LLMRequest, equivalent_rate, make_tokens, run_saturated
+from lbsim.llm import (
+    LLMEngine,
+    LLMParams,
+    LLMRequest,
+    equivalent_rate,
+    make_tokens,
+    run_saturated,
+)
 from lbsim.llm.steps import StepLog
 
 CONSTANT = {"kind": "barrier", "base": 1.0, "per_token": 0.0}

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from lbsim.errors import ScenarioError
-from lbsim.llm.tokens import TOKEN_WORKLOADS, make_tokens, read_arrival_trace, read_pairs
+from lbsim.llm.tokens import (
+    TOKEN_WORKLOADS,
+    make_tokens,
+    read_arrival_trace,
+    read_pairs,
+)
 
 N = 200_000
 Z = 4.5  # standard errors a sample moment may miss its parameter by
@@ -36,7 +41,7 @@ def test_every_workload_gives_int64_tokens_of_at_least_one(kind: str, tmp_path) 
 
 def test_normal_matches_its_means_sds_and_correlation() -> None:
     # Means 10+ sds from 0: truncation is negligible (P < 1e-20), so the moments are the parameters'.
-    params = dict(prompt_mean=5000.0, prompt_sd=400.0, output_mean=2000.0, output_sd=150.0, correlation=-0.3)
+    params = {"prompt_mean": 5000.0, "prompt_sd": 400.0, "output_mean": 2000.0, "output_sd": 150.0, "correlation": -0.3}
     prompt, output = make_tokens({"kind": "normal", **params}).sample(np.random.default_rng(1), N)
     # Rounding adds a uniform(-1/2, 1/2) error: variance 1/12, far below the tolerance.
     assert abs(prompt.mean() - 5000) < Z * 400 / math.sqrt(N)

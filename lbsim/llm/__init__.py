@@ -24,12 +24,39 @@ from lbsim.llm.request import LLMRequest
 from lbsim.llm.saturated import SaturatedResult, run_saturated
 from lbsim.llm.step_time import STEP_TIMES, make_step_time, register_step_time
 from lbsim.llm.steps import StepLog
-from lbsim.llm.tokens import TOKEN_WORKLOADS, make_tokens, read_arrival_trace, read_pairs, register_tokens
+from lbsim.llm.tokens import (
+    TOKEN_WORKLOADS,
+    make_tokens,
+    read_arrival_trace,
+    read_pairs,
+    register_tokens,
+)
 
 __all__ = [
-    "ADMISSIONS", "AdmissionChoice", "AdmissionPolicy", "Candidates", "LLMEngine", "LLMParams", "LLMRequest",
-    "POWER_MODELS", "RankState", "STEP_TIMES", "SaturatedResult", "StepLog", "TOKEN_WORKLOADS",
-    "equivalent_rate", "make_admission", "make_power", "make_step_time", "make_tokens", "mean_resident_length",
-    "read_arrival_trace", "read_pairs", "register_admission", "register_power", "register_step_time",
-    "register_tokens", "run_saturated",
+    "ADMISSIONS",
+    "POWER_MODELS",
+    "STEP_TIMES",
+    "TOKEN_WORKLOADS",
+    "AdmissionChoice",
+    "AdmissionPolicy",
+    "Candidates",
+    "LLMEngine",
+    "LLMParams",
+    "LLMRequest",
+    "RankState",
+    "SaturatedResult",
+    "StepLog",
+    "equivalent_rate",
+    "make_admission",
+    "make_power",
+    "make_step_time",
+    "make_tokens",
+    "mean_resident_length",
+    "read_arrival_trace",
+    "read_pairs",
+    "register_admission",
+    "register_power",
+    "register_step_time",
+    "register_tokens",
+    "run_saturated",
 ]  # fmt: skip

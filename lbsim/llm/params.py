@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lbsim.errors import ScenarioError
 from lbsim.llm.admission import AdmissionChoice, make_admission
-from lbsim.llm.power import PowerModel, Utilisation, make_power
-from lbsim.llm.step_time import Barrier, StepTimeModel, make_step_time
+from lbsim.llm.power import PowerModel, make_power
+from lbsim.llm.step_time import StepTimeModel, make_step_time
 from lbsim.rates import from_params
 
 #: the keys of an llm backend table this model validates (the backend's own keys,
@@ -43,8 +43,8 @@ class LLMParams(BaseModel):
     admission: AdmissionChoice = Field(
         default_factory=lambda: make_admission({"name": "fcfs"}), description="admission policy: { name = ..., ... }"
     )
-    step_time: StepTimeModel = Field(default_factory=Barrier, description="step-time model: { kind = ..., ... }")
-    power: PowerModel = Field(default_factory=Utilisation, description="power model: { kind = ..., ... }")
+    step_time: StepTimeModel = Field(default_factory=lambda: make_step_time({"kind": "barrier"}), description="step-time model: { kind = ..., ... }")
+    power: PowerModel = Field(default_factory=lambda: make_power({}), description="power model: { kind = ..., ... }")
     kv_capacity: int | None = Field(None, ge=1, description="KV-cache capacity per rank in tokens (default: unlimited)")
     kv_watermark: float = Field(0.99, gt=0, le=1, description="admit only if the rank's tokens stay <= kv_watermark * kv_capacity")
     dispatch: Literal["pool", "on_arrival"] = Field("pool", description="pool: one engine pool; on_arrival: bound to a rank on arrival")

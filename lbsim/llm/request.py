@@ -17,8 +17,20 @@ class LLMRequest:
     """
 
     __slots__ = (
-        "request_id", "prompt", "output", "output_estimate", "t_arrival", "rank", "t_admit",
-        "t_first_token", "t_done", "preemptions", "payload", "_slot", "_admit_step", "_finish_step",
+        "_admit_step",
+        "_finish_step",
+        "_slot",
+        "output",
+        "output_estimate",
+        "payload",
+        "preemptions",
+        "prompt",
+        "rank",
+        "request_id",
+        "t_admit",
+        "t_arrival",
+        "t_done",
+        "t_first_token",
     )  # fmt: skip
 
     def __init__(

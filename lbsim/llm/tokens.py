@@ -211,7 +211,7 @@ class Independent(TokenWorkload):
     def build(cls, params: dict[str, Any], key: str) -> Independent:
         extra = set(params) - {"prompt", "output"}
         if extra:
-            name = sorted(extra)[0]
+            name = min(extra)
             raise ScenarioError(f"{key}.{name}", unknown("independent parameter", name, ["prompt", "output"]))
         sides: dict[str, Any] = {}
         for side in ("prompt", "output"):
