@@ -23,7 +23,14 @@ from conftest import backend, scenario
 import lbsim.routers
 from lbsim.engine import Simulation
 from lbsim.fluid.model import FluidModel
-from lbsim.routers import FLUID_ROUTERS, ROUTERS, FluidRouter, Router, fluid_twin, register
+from lbsim.routers import (
+    FLUID_ROUTERS,
+    ROUTERS,
+    FluidRouter,
+    Router,
+    fluid_twin,
+    register,
+)
 from lbsim.routers.dgdlb import DGDLB, gradient_step
 from lbsim.simplex import project_simplex
 from lbsim.view import View

@@ -111,8 +111,10 @@ class Integrator:
             # The indices for each ring position, precomputed when that is not too much memory.
             if self.ring_len * F * B <= 4_000_000 and not self.periodic:
                 offsets = (np.arange(self.ring_len) + self.ring_len) * B
-                self._obs_a_at = [self._obs_a + o for o in offsets]
-                self._obs_b_at = [self._obs_b + o for o in offsets] if self._obs_interp else None
+                self._obs_a_at: list[np.ndarray] | None = [self._obs_a + o for o in offsets]
+                self._obs_b_at: list[np.ndarray] | None = (
+                    [self._obs_b + o for o in offsets] if self._obs_interp else None
+                )
             else:
                 self._obs_a_at = None
         else:
@@ -198,6 +200,7 @@ class Integrator:
             xa = flat.take(self._obs_a_at[slot])
             if not self._obs_interp:
                 return xa
+            assert self._obs_b_at is not None  # set whenever observations interpolate
             xb = flat.take(self._obs_b_at[slot])
         else:
             base = (k % self.ring_len + self.ring_len) * self.model.num_backends

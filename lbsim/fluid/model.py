@@ -216,7 +216,7 @@ def schedule_average(steps: Sequence[tuple[float, float]], initial: float, dt: f
 
 def changing_steps(times: Sequence[float], dt: float, n_steps: int) -> np.ndarray:
     """The steps whose average a breakpoint at one of ``times`` changes: its own step and the next."""
-    steps = set()
+    steps: set[int] = set()
     for t in times:
         if t <= 0.0:
             continue

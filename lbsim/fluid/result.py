@@ -42,7 +42,7 @@ class FluidResult:
     tie_tolerance: float | None
     steps: int
     wall_seconds: float
-    x0: np.ndarray = field(repr=False, default=None)
+    x0: np.ndarray | None = field(repr=False, default=None)
 
     @cached_property
     def timeseries(self) -> pd.DataFrame:

@@ -101,7 +101,7 @@ class Router:
     tick_interval: float | None = None
     #: a factory ``(backend_index) -> observer`` attached to every backend, for routers
     #: whose probes ask backends for more than their job count (Prequal's latency at RIF)
-    backend_observer = None
+    backend_observer: Callable[[int], Any] | None = None
     #: the router's fluid twin (``lbsim fluid``), or None; set by ``fluid_twin`` and not inherited
     fluid: ClassVar[type[FluidRouter] | None] = None
 

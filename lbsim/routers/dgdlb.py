@@ -114,6 +114,7 @@ class DGDLB(SplitRouter):
 
     name = "dgdlb"
     Params = DGDLBParams
+    params: DGDLBParams
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)

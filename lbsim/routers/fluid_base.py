@@ -65,19 +65,70 @@ class FluidRates(Protocol):
 class FluidContext(Protocol):
     """What a fluid twin may read of the scenario: its arrays, validated once (``lbsim.fluid.model.FluidModel``)."""
 
-    scenario: Any
-    num_frontends: int
-    num_backends: int
-    demand: np.ndarray  # (F,) lambda_i
-    connect: np.ndarray  # (F, B) bool
-    allowed: np.ndarray | None  # the connect mask, or None when every edge is usable
-    latency: np.ndarray  # (F, B) d_ij
-    round_trip: np.ndarray  # (F, B) 2 d_ij
-    rates: FluidRates
-    band: float
-    x0: np.ndarray  # (B,) initial loads
-    reference_load: np.ndarray  # (B,) loads under a capacity-proportional split
-    cost_at_zero: np.ndarray  # (B,) 1/mu_j'(0)
+    @property
+    def scenario(self) -> Any:
+        """The Scenario."""
+        ...
+
+    @property
+    def num_frontends(self) -> int:
+        """F."""
+        ...
+
+    @property
+    def num_backends(self) -> int:
+        """B."""
+        ...
+
+    @property
+    def demand(self) -> np.ndarray:
+        """(F,) lambda_i."""
+        ...
+
+    @property
+    def connect(self) -> np.ndarray:
+        """(F, B) bool: may frontend i use backend j."""
+        ...
+
+    @property
+    def allowed(self) -> np.ndarray | None:
+        """The connect mask, or None when every edge is usable (no masking needed)."""
+        ...
+
+    @property
+    def latency(self) -> np.ndarray:
+        """(F, B) one-way delays d_ij."""
+        ...
+
+    @property
+    def round_trip(self) -> np.ndarray:
+        """(F, B) 2 d_ij."""
+        ...
+
+    @property
+    def rates(self) -> FluidRates:
+        """mu_j of every backend, vectorised."""
+        ...
+
+    @property
+    def band(self) -> float:
+        """The argmin routers' tolerance band (relative)."""
+        ...
+
+    @property
+    def x0(self) -> np.ndarray:
+        """(B,) initial loads."""
+        ...
+
+    @property
+    def reference_load(self) -> np.ndarray:
+        """(B,) loads under a capacity-proportional split."""
+        ...
+
+    @property
+    def cost_at_zero(self) -> np.ndarray:
+        """(B,) 1/mu_j'(0), the limit of x/mu_j(x) at 0."""
+        ...
 
 
 class FluidRouter:

@@ -73,6 +73,7 @@ class GMSR(Router):
 
     name = "gmsr"
     Params = GMSRParams
+    params: GMSRParams
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)

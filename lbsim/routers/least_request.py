@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,13 +37,14 @@ class LeastRequest(Router):
 
     name = "least_request"
     Params = LeastRequestParams
+    params: LeastRequestParams
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
         self.in_flight = [[0] * ctx.num_backends for _ in range(ctx.num_frontends)]
 
     def route(self, frontend: int, job: Job, view: View) -> int:
-        candidates = self.neighbours[frontend]
+        candidates: Sequence[int] = self.neighbours[frontend]
         if self.params.choices > 0:
             candidates = self.sample(candidates, self.params.choices)
         counts = self.in_flight[frontend]

@@ -28,6 +28,7 @@ class PowerOfD(Router):
 
     name = "power_of_d"
     Params = PowerOfDParams
+    params: PowerOfDParams
 
     def route(self, frontend: int, job: Job, view: View) -> int:
         sample = self.sample(self.neighbours[frontend], self.params.d)

@@ -128,6 +128,7 @@ class Prequal(Router):
 
     name = "prequal"
     Params = PrequalParams
+    params: PrequalParams
 
     def __init__(self, params: PrequalParams, ctx):
         super().__init__(params, ctx)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 if TYPE_CHECKING:
     from ..rates import RateFamily
@@ -31,7 +32,7 @@ class MarginalTable:
 
     __slots__ = ("function", "mean_size", "values")
 
-    def __init__(self, function: Callable[[np.ndarray], np.ndarray], mean_size: float):
+    def __init__(self, function: Callable[[np.ndarray], npt.ArrayLike], mean_size: float):
         self.function = function
         self.mean_size = mean_size
         self.values: list[float] = []
@@ -56,7 +57,7 @@ def discrete_marginal_rate_table(rate: RateFamily, mean_size: float, sign: float
     return MarginalTable(lambda x: sign * (rate.value(x + mean_size) - rate.value(x)) / mean_size, mean_size)
 
 
-def marginal_cost(derivative: np.ndarray, cap: float) -> np.ndarray:
+def marginal_cost(derivative: npt.ArrayLike, cap: float) -> np.ndarray:
     """``min(1/mu'(x), cap)``: the marginal serving cost in seconds, finite where ``mu' -> 0``.
 
     ``1/mu'`` is the derivative of the steady-state load ``mu^{-1}(Lambda)``
@@ -67,9 +68,9 @@ def marginal_cost(derivative: np.ndarray, cap: float) -> np.ndarray:
     arithmetic on it free of inf and NaN while still making them the most
     expensive choice.
     """
-    derivative = np.asarray(derivative, dtype=float)
+    d = np.asarray(derivative, dtype=float)
     with np.errstate(divide="ignore"):
-        return np.where(derivative * cap <= 1.0, cap, 1.0 / derivative)
+        return np.where(d * cap <= 1.0, cap, 1.0 / d)
 
 
 def marginal_cost_table(rate: RateFamily, mean_size: float, cap: float) -> MarginalTable:

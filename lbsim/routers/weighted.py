@@ -40,6 +40,7 @@ class Weighted(SplitRouter):
 
     name = "weighted"
     Params = WeightedParams
+    params: WeightedParams
 
     @classmethod
     def check_scenario(cls, params, scenario):

@@ -61,6 +61,7 @@ class WRR(Router):
 
     name = "wrr"
     Params = WRRParams
+    params: WRRParams
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
