@@ -2,7 +2,7 @@
 
 Scenario ``dgdlb_step.toml``: one frontend, two identical pools 500 ms away.
 ALGORITHMS.md linearises the loop to ``D'' + a D' + K D(t - T) = 0`` and
-predicts the largest stable step (``lbsim.fluid.dgdlb_critical_step``:
+predicts the largest stable step (``lbsim.routers.dgdlb.dgdlb_critical_step``:
 0.1344 here). We measure it two ways, always as "does the split's
 oscillation decay after a perturbation?": the ratio of the RMS of
 ``p - 1/2`` (p: the split's share for pool-a) in a late window to that in
@@ -39,7 +39,8 @@ from common import SCENARIOS, Section, Settings
 
 import lbsim
 from lbsim import plots
-from lbsim.fluid import dgdlb_critical_step, fluid
+from lbsim.fluid import fluid
+from lbsim.routers.dgdlb import dgdlb_critical_step
 
 KICK = 100.0  # the simulations' perturbation: pool-a at KICK_LEVEL of its rate for KICK_LENGTH seconds
 KICK_LEVEL, KICK_LENGTH = 0.3, 4.0

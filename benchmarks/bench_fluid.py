@@ -7,7 +7,7 @@ over the frontends. The time step is the fluid model's default for the
 router: for DGD-LB ``min(0.1 / max mu'(0), interval)`` snapped to the tick
 grid, i.e. ``0.1/3 s`` (30 000 steps, 10 000 gradient ticks); delays need no
 resolving because arrivals are integrated exactly and observations are
-interpolated (lbsim/fluid.py). The split history is not recorded (it would
+interpolated (lbsim/fluid/integrator.py). The split history is not recorded (it would
 be 1000 x 100 x 1000 numbers); the load history is.
 
 DGD-LB's step is 0.001: with 100 frontends all moving flow onto the same

@@ -1,4 +1,4 @@
-"""The fluid model (lbsim/fluid.py): exact solutions, order of accuracy, the optimum, DGD-LB's stability limit.
+"""The fluid model (lbsim/fluid/): exact solutions, order of accuracy, the optimum, DGD-LB's stability limit.
 
 Every tolerance is derived from the numerics or the theory it checks, and
 says where it comes from: rounding (a few ulps times the number of steps),
@@ -19,20 +19,13 @@ from helpers import backend, scenario
 
 import lbsim
 from lbsim.errors import ScenarioError
-from lbsim.fluid import (
-    FLUID_ROUTERS,
-    RateVector,
-    critical_gain,
-    default_time_step,
-    dgdlb_critical_step,
-    fluid,
-    loop_root,
-    project_rows,
-    support_bound,
-    tie_split,
-)
+from lbsim.fluid import default_time_step, fluid
+from lbsim.fluid.model import RateVector
 from lbsim.rates import make_rate
-from lbsim.routers.dgdlb import project_simplex
+from lbsim.routers import FLUID_ROUTERS
+from lbsim.routers.dgdlb import critical_gain, dgdlb_critical_step, loop_root
+from lbsim.routers.fluid_base import tie_split
+from lbsim.simplex import project_rows, project_simplex, support_bound
 
 EPS = np.finfo(float).eps
 
@@ -373,7 +366,7 @@ def test_dgdlb_stability_limit_of_the_linearised_loop(factor):
 
     Prediction (ALGORITHMS.md): with a = mu'(x*), c = 1/mu', the flow
     dp/dt = -step Proj_T(g) gives D'' + a D' + K D(t - 2d) = 0 with
-    K = step * lambda * c'(x*) (lbsim.fluid.dgdlb_critical_step). With a
+    K = step * lambda * c'(x*) (lbsim.routers.dgdlb.dgdlb_critical_step). With a
     small interval (2d/100) the fluid DGD-LB approximates that flow. The
     amplitude of x_1 - x_2 over successive windows of one oscillation period
     must change by the factor e^{Re(s) P} the rightmost root s of the
@@ -423,7 +416,7 @@ def test_dgdlb_ticks_add_no_loop_delay_to_first_order(factor):
     """With interval = d (ticks as long as the one-way delay) the limit is still the T = 2d one, not T = 2d + interval.
 
     Holding each update for an interval lags by half of it and applying the
-    update at once leads by as much (lbsim/fluid.py), so the critical step
+    update at once leads by as much (lbsim/routers/dgdlb.py), so the critical step
     moves by O((interval / 2d)^2): at interval = d a few percent, well inside
     +-10%, whereas T = 2d + interval would put the limit 32% lower (0.176 vs 0.260).
     """

@@ -23,11 +23,10 @@ import lbsim
 from lbsim.backends import BackendContext
 from lbsim.backends.rate import RateBackend, RateParams
 from lbsim.jobs import Job
-from lbsim.engine.probing import LatencyByRif, bucket_range, median, rif_bucket
 from lbsim.engine.simulation import Simulation
 from lbsim.rates import make_rate
 from lbsim.routers import ROUTERS, ProbeReply, RouterContext, make_router
-from lbsim.routers.prequal import PoolEntry, Prequal
+from lbsim.routers.prequal import LatencyByRif, PoolEntry, Prequal, bucket_range, median, rif_bucket
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "prequal_antagonist.toml"
 

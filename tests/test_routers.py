@@ -23,8 +23,8 @@ from lbsim.jobs import Job
 from lbsim.view import View
 from lbsim.errors import ScenarioError
 from lbsim.optimum import optimum
-from lbsim.routers.dgdlb import project_simplex
-from lbsim.routers.gmsr import COST_CAP
+from lbsim.routers.tables import COST_CAP
+from lbsim.simplex import project_simplex
 
 
 class FixedView(View):

@@ -8,12 +8,19 @@ send probes through the network (Prequal) with ``ctx.probe``.
 
 Routers see backends only through a :class:`~lbsim.view.View`,
 which serves state exactly as stale as the telemetry mode allows.
+
+A router with a fluid limit names its fluid twin (``fluid``, a
+:class:`~lbsim.routers.fluid_base.FluidRouter` defined beside it, attached
+with :func:`~lbsim.routers.fluid_base.fluid_twin`); ``lbsim fluid``
+integrates that twin.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -23,14 +30,28 @@ from ..errors import ScenarioError, unknown
 
 if TYPE_CHECKING:
     from ..jobs import Job
-    from ..view import View
     from ..rates import RateFamily
+    from ..view import View
+    from .fluid_base import FluidRouter
 
 ROUTERS: dict[str, type[Router]] = {}
 
 
 def register(cls: type[Router]) -> type[Router]:
-    """Class decorator: make a router available by its ``name`` (CLI, scenarios, docs)."""
+    """Class decorator: make a router available by its ``name`` (CLI, scenarios, docs).
+
+    A name belongs to one router: registering another class under a taken
+    name is an error. The same class may be registered again, and so may its
+    re-definition by a reloaded module (same module and qualified name).
+    """
+    if not cls.name:
+        raise ValueError(f"router class {cls.__qualname__} has no name")
+    known = ROUTERS.get(cls.name)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(
+            f"router '{cls.name}' is already registered by {known.__module__}.{known.__qualname__}; "
+            f"give {cls.__module__}.{cls.__qualname__} another name"
+        )
     ROUTERS[cls.name] = cls
     return cls
 
@@ -80,7 +101,9 @@ class Router:
     tick_interval: float | None = None
     #: a factory ``(backend_index) -> observer`` attached to every backend, for routers
     #: whose probes ask backends for more than their job count (Prequal's latency at RIF)
-    backend_observer = None
+    backend_observer: Callable[[int], Any] | None = None
+    #: the router's fluid twin (``lbsim fluid``), or None; set by ``fluid_twin`` and not inherited
+    fluid: ClassVar[type[FluidRouter] | None] = None
 
     _UNIFORM_BATCH = 4096
 
@@ -145,6 +168,29 @@ class Router:
     @classmethod
     def describe(cls) -> str:
         return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+class SplitRouter(Router):
+    """A router that samples each job's backend from a per-frontend split p_i (recorded).
+
+    Subclasses install their split with :meth:`set_split` (once, or at every
+    ``tick``); ``route`` samples it with one uniform draw and one bisection.
+    """
+
+    def set_split(self, p: np.ndarray) -> None:
+        """Install a split (F, B); rows are renormalised over each frontend's neighbours."""
+        p = np.where(self.ctx.connect, np.maximum(p, 0.0), 0.0)
+        self._split = p / p.sum(axis=1, keepdims=True)
+        # Cumulative weights over each frontend's neighbours: one bisect per job.
+        self._cumulative = [list(accumulate(self._split[i, nb])) for i, nb in enumerate(self.neighbours)]
+
+    def split(self) -> np.ndarray:
+        return self._split
+
+    def route(self, frontend: int, job: Job, view: View) -> int:
+        cumulative = self._cumulative[frontend]
+        k = bisect_right(cumulative, self.uniform() * cumulative[-1])
+        return self.neighbours[frontend][min(k, len(cumulative) - 1)]
 
 
 def router_class(name: str, key: str = "router.name") -> type[Router]:

@@ -15,67 +15,44 @@ flow, evaluated at the delayed state the frontend observes):
 Rest points are exactly the KKT points of the centralized optimum (every used
 edge has the same g_ij, no unused one is cheaper), so with a small enough step
 it settles at the optimal split; too large a step for the loop delay 2 d_ij
-makes it oscillate (ALGORITHMS.md).
+makes it oscillate (docs/routers.md). :func:`dgdlb_critical_step` is that
+limit for one frontend and two identical backends.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Literal
+import math
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import register
-from .gmsr import COST_CAP, marginal_cost_table
-from .weighted import SplitRouter
+from ..simplex import EXCLUDED, SORT_BELOW, project_rows, support_bound
+from .base import SplitRouter, register
+from .fluid_base import FluidContext, FluidRouter, fluid_twin
+from .tables import COST_CAP, marginal_cost, marginal_cost_table
+
+if TYPE_CHECKING:
+    from ..rates import RateFamily
+    from ..view import View
 
 
-def project_simplex(v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Euclidean projection of each row of ``v`` onto the probability simplex (over ``mask``).
+def gradient_step(split: np.ndarray, gradient: np.ndarray, eta: float, allowed: np.ndarray | None) -> np.ndarray:
+    """One DGD-LB update of every frontend: ``p_i <- Proj_{simplex over N(i)}(p_i - eta * g_i)``.
 
-    Duchi, Shalev-Shwartz, Singer, Chandra, "Efficient projections onto the
-    l1-ball for learning in high dimensions", ICML 2008, Figure 1: sort the
-    row decreasingly into u, let
-
-        rho = max{k : u_k - (sum_{r<=k} u_r - 1) / k > 0},
-        theta = (sum_{r<=rho} u_r - 1) / rho,
-
-    and return ``max(v - theta, 0)``. Vectorised over rows and entries (one
-    sort per call, no Python loop). Entries outside ``mask`` (same shape,
-    True where allowed) are 0 in the result and take no part in the
-    projection; every row must allow at least one entry.
+    Balseiro, Mirrokni, Wydrowski, arXiv:2504.10693; ``eta = step *
+    interval``. ``allowed`` is the connect mask (None: every edge usable);
+    entries off it are 0 in the result whatever ``split`` and ``gradient``
+    hold there. The discrete router and its fluid twin both call this, so
+    the two updates are the same computation. The projection
+    (:func:`lbsim.simplex.project_rows`) is warm-started from the support of
+    ``split``, which changes little from one tick to the next.
     """
-    v = np.asarray(v, dtype=float)
-    if v.ndim == 1:
-        return project_simplex(v[None, :], None if mask is None else np.asarray(mask)[None, :])[0]
-    rows, n = v.shape
-    k = _ranks(n)
-    if mask is None:
-        u = np.sort(v, axis=1)[:, ::-1]
-        cssv = u.cumsum(axis=1) - 1.0
-        positive = u * k > cssv
-    else:
-        mask = np.asarray(mask, dtype=bool)
-        # Forbidden entries sort last and are cut off by `valid`: they never enter the support.
-        u = np.sort(np.where(mask, v, v[mask].min() - 1.0), axis=1)[:, ::-1]
-        valid = k <= mask.sum(axis=1)[:, None]
-        cssv = np.where(valid, u, 0.0).cumsum(axis=1) - 1.0
-        positive = valid & (u * k > cssv)
-    # `positive` is a prefix of each row (Duchi et al., Lemma 2) and holds k = 1
-    # (u_1 - (u_1 - 1) = 1 > 0), so rho is its length and is >= 1.
-    rho = positive.sum(axis=1)
-    theta = cssv[np.arange(rows), rho - 1] / rho
-    w = np.maximum(v - theta[:, None], 0.0)
-    return w if mask is None else np.where(mask, w, 0.0)
-
-
-@functools.lru_cache(maxsize=None)
-def _ranks(n: int) -> np.ndarray:
-    """1, 2, ..., n as floats (cached: the projection runs every tick on the same width)."""
-    ranks = np.arange(1.0, n + 1.0)
-    ranks.setflags(write=False)
-    return ranks
+    v = split - eta * gradient
+    if allowed is not None:
+        v[~allowed] = EXCLUDED
+    lower = support_bound(v, split > 0.0, finite=True) if v.shape[1] > SORT_BELOW else None
+    return project_rows(v, lower, finite=True)[0]
 
 
 class DGDLBParams(BaseModel):
@@ -85,7 +62,7 @@ class DGDLBParams(BaseModel):
         gt=0,
         description=(
             "gradient step (1/s^2): each tick moves p_i by step*interval*g_i (g in seconds). "
-            "Ours; stable on the bundled scenarios, see ALGORITHMS.md for the delay limit"
+            "Ours; stable on the bundled scenarios, see docs/routers.md for the delay limit"
         ),
     )
     interval: float = Field(0.1, gt=0, description="seconds between gradient steps")
@@ -107,14 +84,14 @@ class DGDLB(SplitRouter):
     Balseiro, Mirrokni, Wydrowski, arXiv:2504.10693. Every ``interval`` s each
     frontend computes ``g_ij = 2 d_ij + 1/mu_j'(xhat_ij)`` on its delayed view
     and sets ``p_i <- Proj_simplex(p_i - step * interval * g_i)`` over N(i)
-    (Duchi et al. 2008 projection, :func:`project_simplex`). Between ticks
+    (Duchi et al. 2008 projection, :func:`gradient_step`). Between ticks
     each job samples its backend from p_i.
 
     ``step * interval`` is the discrete step, so ``step`` is the rate of the
     continuous-time dynamics ``dp_i/dt = -step * Proj_T(g_i)`` that the
     ticks integrate (forward Euler), whatever the interval. With one
     frontend and two identical backends the linearised loop is
-    ``D'' + a D' + K D(t - T) = 0`` (ALGORITHMS.md) with ``a = mu'(x*)``,
+    ``D'' + a D' + K D(t - T) = 0`` (docs/routers.md) with ``a = mu'(x*)``,
     ``K = step * lambda_i * d/dx[1/mu'](x*)`` and ``T = 2 d``: the projection
     subtracts the mean of g, so ``p_1`` moves by ``-step * interval *
     (g_1 - g_2) / 2`` per tick, and the load difference D responds to
@@ -137,12 +114,14 @@ class DGDLB(SplitRouter):
 
     name = "dgdlb"
     Params = DGDLBParams
+    params: DGDLBParams
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
         self.tick_interval = params.interval
         self._costs = [marginal_cost_table(r, ctx.mean_size, params.cost_cap) for r in ctx.rates]
         self._round_trip = 2.0 * np.where(ctx.connect, ctx.latency, 0.0)
+        self._allowed = None if ctx.connect.all() else ctx.connect
         self.set_split(self.initial_split(params.init))
 
     def initial_split(self, init: str) -> np.ndarray:
@@ -157,7 +136,7 @@ class DGDLB(SplitRouter):
 
         return np.array(optimum(ctx.scenario).routing, dtype=float)
 
-    def gradient(self, view) -> np.ndarray:
+    def gradient(self, view: View) -> np.ndarray:
         """``g_ij = 2 d_ij + min(1/mu_j'(xhat_ij), cost_cap)`` (seconds), shape (F, B); 0 off N(i)."""
         costs = self._costs
         marginal = np.zeros(self._round_trip.shape)
@@ -165,6 +144,95 @@ class DGDLB(SplitRouter):
             marginal[i, nb] = [costs[j][n] for j, n in zip(nb, view.jobs_of(i, nb))]
         return self._round_trip + marginal
 
-    def tick(self, now, view):
+    def tick(self, now: float, view: View) -> None:
         eta = self.params.step * self.params.interval
-        self.set_split(project_simplex(self._split - eta * self.gradient(view), self.ctx.connect))
+        self.set_split(gradient_step(self._split, self.gradient(view), eta, self._allowed))
+
+
+@fluid_twin(DGDLB)
+class FluidDGDLB(FluidRouter):
+    """``dgdlb``: every ``interval``, ``p_i <- Proj_simplex(p_i - step * interval * g_i)`` on the delayed state.
+
+    Balseiro, Mirrokni, Wydrowski, arXiv:2504.10693; ``g_ij = 2 d_ij +
+    min(1/mu_j'(xhat_ij), cost_cap)``: the discrete router's update
+    (:func:`gradient_step`), with the fluid model's delayed marginal costs as
+    the observed signal. As ``interval -> 0`` it is the projected gradient
+    flow ``dp_i/dt = -step * Proj_T(g_i)``; for one frontend and two identical
+    backends its linearisation is ``D'' + a D' + K D(t - 2d) = 0`` with
+    ``K = step * lambda * d/dx[1/mu'](x*)`` (:func:`dgdlb_critical_step`).
+    """
+
+    def __init__(self, name: str, params: Any, model: FluidContext):
+        super().__init__(name, params, model)
+        self.tick_interval = params.interval
+        self._eta = params.step * params.interval
+
+    def signal(self, x: np.ndarray) -> np.ndarray:
+        return marginal_cost(self.model.rates.derivative(x), self.params.cost_cap)
+
+    def initial_split(self) -> np.ndarray:
+        return np.array(self.discrete_router().split(), dtype=float)
+
+    def tick(self, t: float, observed: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return gradient_step(p, self.model.round_trip + observed, self._eta, self.model.allowed)
+
+
+# -- the linearised stability limit (docs/routers.md) ----------------------------------------
+def critical_gain(a: float, loop_delay: float) -> tuple[float, float]:
+    """``(K_crit, w)`` of ``D'' + a D' + K D(t - T) = 0``: stable iff ``K < K_crit``.
+
+    On the stability boundary ``s = i w`` solves ``-w^2 + i a w + K e^{-i w T} = 0``:
+    ``K cos(wT) = w^2`` and ``K sin(wT) = a w``, so ``w T = arctan(a / w)`` (a
+    root in ``(0, pi / (2T))``) and ``K_crit = w sqrt(w^2 + a^2)``.
+    """
+    import scipy.optimize  # loads on first use: importing the routers stays quick
+
+    if loop_delay <= 0:
+        return math.inf, math.inf
+    w = scipy.optimize.brentq(
+        lambda w: w * loop_delay - math.atan(a / w), 1e-12 / loop_delay, math.pi / (2 * loop_delay), xtol=1e-15
+    )
+    return w * math.sqrt(w * w + a * a), w
+
+
+def loop_root(a: float, gain: float, loop_delay: float) -> complex:
+    """The rightmost root ``s`` of ``s^2 + a s + K e^{-s T} = 0`` (the oscillating one near the boundary).
+
+    ``Re s < 0``: perturbations decay like ``e^{Re(s) t}``; ``Re s > 0``: they
+    grow. Found by Newton's method from the boundary root ``i w`` of
+    :func:`critical_gain`, following ``K`` from ``K_crit`` in small steps.
+    """
+    k_crit, w = critical_gain(a, loop_delay)
+    s = complex(0.0, w)
+    for k in np.linspace(k_crit, gain, 41)[1:]:
+        for _ in range(50):
+            e = k * np.exp(-s * loop_delay)
+            f = s * s + a * s + e
+            step = f / (2 * s + a - loop_delay * e)
+            s -= step
+            if abs(step) < 1e-14 * max(1.0, abs(s)):
+                break
+    return complex(s)
+
+
+def dgdlb_critical_step(rate: RateFamily, load: float, demand: float, delay: float) -> float:
+    """DGD-LB's largest stable ``step`` for one frontend of rate ``demand`` and two identical backends ``rate``.
+
+    With ``D = x_1 - x_2`` and ``q = p_1 - p_2`` near the rest point ``x* =
+    load``: ``D' = lambda q(t - d) - a D`` with ``a = mu'(x*)``, and the flow
+    ``dp_i/dt = -step * Proj_T(g_i)`` gives ``q' = -step * c'(x*) D(t - d)``
+    with ``c = 1/mu'`` (the projection onto the tangent space subtracts the
+    mean gradient: ``p_1' - p_2' = -step (g_1 - g_2)``). Hence ``D'' + a D' +
+    K D(t - 2d) = 0`` with ``K = step * lambda * c'(x*)`` and the limit is
+    ``K_crit / (lambda * c'(x*))`` (:func:`critical_gain`). The discrete
+    router's ticks apply each update at once: holding it for an interval
+    lags by half an interval and the sum that includes the current tick
+    leads by as much, so to first order in ``interval`` the loop delay stays
+    ``2d``; the fluid model confirms it (the measured critical step is within
+    1% of this prediction for ``interval <= d``).
+    """
+    a = float(rate.derivative(load))
+    h = 1e-6 * max(load, 1e-6)
+    slope = (1.0 / float(rate.derivative(load + h)) - 1.0 / float(rate.derivative(load - h))) / (2 * h)
+    k_crit, _ = critical_gain(a, 2.0 * delay)
+    return k_crit / (demand * slope)

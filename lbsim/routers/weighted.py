@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from itertools import accumulate
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import ScenarioError
-from .base import Router, register
-
-
-class SplitRouter(Router):
-    """A router that samples each job's backend from a per-frontend split p_i (recorded)."""
-
-    def set_split(self, p: np.ndarray) -> None:
-        """Install a split (F, B); rows are renormalised over each frontend's neighbours."""
-        p = np.where(self.ctx.connect, np.maximum(p, 0.0), 0.0)
-        self._split = p / p.sum(axis=1, keepdims=True)
-        # Cumulative weights over each frontend's neighbours: one bisect per job.
-        self._cumulative = [list(accumulate(self._split[i, nb])) for i, nb in enumerate(self.neighbours)]
-
-    def split(self) -> np.ndarray:
-        return self._split
-
-    def route(self, frontend, job, view):
-        cumulative = self._cumulative[frontend]
-        k = bisect_right(cumulative, self.uniform() * cumulative[-1])
-        return self.neighbours[frontend][min(k, len(cumulative) - 1)]
+from .base import SplitRouter, register
+from .fluid_base import FluidRouter, fluid_twin
 
 
 class WeightedParams(BaseModel):
@@ -55,11 +35,12 @@ class WeightedParams(BaseModel):
 class Weighted(SplitRouter):
     """A fixed split: given weights, proportional to capacity, or the centralized optimum's split.
 
-    With ``split = "optimal"`` it is the best static policy (DESIGN.md section 2).
+    With ``split = "optimal"`` it is the best static policy (docs/model.md section 2).
     """
 
     name = "weighted"
     Params = WeightedParams
+    params: WeightedParams
 
     @classmethod
     def check_scenario(cls, params, scenario):
@@ -90,3 +71,11 @@ class Weighted(SplitRouter):
 
             w = optimum(ctx.scenario).routing
         self.set_split(w)
+
+
+@fluid_twin(Weighted)
+class FluidWeighted(FluidRouter):
+    """``weighted``: the discrete router's fixed split (given, capacity or optimal), computed by the router itself."""
+
+    def initial_split(self) -> np.ndarray:
+        return np.array(self.discrete_router().split(), dtype=float)

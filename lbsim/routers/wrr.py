@@ -1,141 +1,19 @@
-"""Baselines from practice: expected latency, least load, nearest, least request, weighted round robin.
-
-Each is the rule a serving engineer would reach for first; ALGORITHMS.md
-("Baselines") says why each can be far from the centralized optimum.
-"""
+"""Weighted round robin with weights from observed throughput and utilisation (Prequal's incumbent)."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Router, register
-from .gmsr import MarginalTable
+from .tables import MarginalTable
 
-
-@register
-class LeastLatency(Router):
-    """Expected-latency routing: min over N(i) of 2 d_ij + xhat_ij / mu_j(xhat_ij).
-
-    ``x / mu(x)`` is a backend's mean sojourn at steady-state load ``x``
-    (Little's law), so this is the rule "send each job where it is expected
-    to finish soonest". It is selfish routing: at equilibrium it equalises
-    average latencies (a Wardrop equilibrium) instead of marginal costs,
-    and, as Zhang et al. (arXiv:2411.17103, abstract) put it for naive
-    distributed policies, can be arbitrarily worse than the optimum: the
-    Pigou example of ``scenarios/least_latency_trap.toml`` is 4x off and
-    the ratio grows without bound as its batched backend's fixed cost -> 0.
-
-    At ``xhat = 0`` the ratio is 0/0. We use ``sbar / mu_j(sbar)``: the
-    expected sojourn of a job that joins an empty backend and so makes its
-    load ``sbar``; in other words ``xhat`` is read as ``max(xhat, sbar)``.
-    (The limit ``1/mu_j'(0)`` would be 0 for families with ``mu'(0) = inf``.)
-    Cached by job count: no numpy call per job.
-    """
-
-    name = "least_latency"
-
-    def __init__(self, params, ctx):
-        super().__init__(params, ctx)
-        sbar = ctx.mean_size
-
-        def expected_sojourn(rate):
-            def f(x):
-                x = np.maximum(x, sbar)
-                mu = rate.value(x)
-                return np.where(mu > 0.0, x / mu, np.inf)
-
-            return MarginalTable(f, sbar)
-
-        self._sojourn = [expected_sojourn(r) for r in ctx.rates]
-        self._sojourn_lists = [t.values for t in self._sojourn]
-        self._round_trip = [[2.0 * float(ctx.latency[i, j]) for j in nb] for i, nb in enumerate(self.neighbours)]
-
-    def route(self, frontend, job, view):
-        candidates = self.neighbours[frontend]
-        counts = view.jobs_of(frontend, candidates)
-        lists = self._sojourn_lists
-        try:
-            sojourn = [lists[j][n] for j, n in zip(candidates, counts)]
-        except IndexError:  # a load never seen before: grow the tables
-            tables = self._sojourn
-            sojourn = [tables[j][n] for j, n in zip(candidates, counts)]
-        return self.pick_min(candidates, [s + rtt for s, rtt in zip(sojourn, self._round_trip[frontend])])
-
-
-@register
-class LeastLoad(Router):
-    """Send each job to the usable backend with the least observed load xhat_ij (ties random)."""
-
-    name = "least_load"
-
-    def route(self, frontend, job, view):
-        candidates = self.neighbours[frontend]
-        return self.pick_min(candidates, view.loads_of(frontend, candidates))
-
-
-@register
-class Nearest(Router):
-    """Send each job to the usable backend with the smallest one-way delay d_ij (ties random).
-
-    Ignores load entirely: the network-only extreme.
-    """
-
-    name = "nearest"
-
-    def __init__(self, params, ctx):
-        super().__init__(params, ctx)
-        self._nearest = []
-        for i, nb in enumerate(self.neighbours):
-            d = [float(ctx.latency[i, j]) for j in nb]
-            self._nearest.append([j for j, dj in zip(nb, d) if dj == min(d)])
-
-    def route(self, frontend, job, view):
-        nearest = self._nearest[frontend]
-        return nearest[0] if len(nearest) == 1 else self.choice(nearest)
-
-
-class LeastRequestParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    choices: int = Field(
-        2, ge=0, description="backends sampled per job (without replacement): 0 = all usable ones, 2 = power of two"
-    )
-
-
-@register
-class LeastRequest(Router):
-    """Least outstanding requests, counted by the frontend itself (Envoy / NGINX ``least_conn``).
-
-    Frontend i counts the jobs it has sent to backend j whose responses it
-    has not yet received (incremented when it routes, decremented when the
-    response lands, so the count includes both network legs). It needs no
-    telemetry at all and sees nothing of the other frontends' traffic. Each
-    job samples ``choices`` distinct usable backends (0: all of them) and
-    goes to the one with the fewest of this frontend's requests; ties random.
-    Envoy's ``LEAST_REQUEST`` defaults to two choices (Mitzenmacher, "The
-    power of two choices in randomized load balancing", 2001).
-    """
-
-    name = "least_request"
-    Params = LeastRequestParams
-
-    def __init__(self, params, ctx):
-        super().__init__(params, ctx)
-        self.in_flight = [[0] * ctx.num_backends for _ in range(ctx.num_frontends)]
-
-    def route(self, frontend, job, view):
-        candidates = self.neighbours[frontend]
-        if self.params.choices > 0:
-            candidates = self.sample(candidates, self.params.choices)
-        counts = self.in_flight[frontend]
-        j = self.pick_min(candidates, [counts[j] for j in candidates])
-        counts[j] += 1
-        return j
-
-    def on_response(self, frontend, job):
-        self.in_flight[frontend][job.backend] -= 1
+if TYPE_CHECKING:
+    from ..jobs import Job
+    from ..view import View
 
 
 class WRRParams(BaseModel):
@@ -183,6 +61,7 @@ class WRR(Router):
 
     name = "wrr"
     Params = WRRParams
+    params: WRRParams
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
@@ -202,10 +81,10 @@ class WRR(Router):
         self._credit = [[0.0] * len(nb) for nb in self.neighbours]
         self._total = [float(len(nb)) for nb in self.neighbours]
 
-    def on_response(self, frontend, job):
+    def on_response(self, frontend: int, job: Job) -> None:
         self._received[frontend][job.backend] += job.size
 
-    def tick(self, now, view):
+    def tick(self, now: float, view: View) -> None:
         a = self.params.smoothing
         interval = self.params.interval
         tables = self._utilisation_tables
@@ -236,7 +115,7 @@ class WRR(Router):
         self.weights[frontend] = [float(w) for w in weights]
         self._total[frontend] = float(sum(self.weights[frontend]))
 
-    def route(self, frontend, job, view):
+    def route(self, frontend: int, job: Job, view: View) -> int:
         credit = self._credit[frontend]
         best, best_credit = 0, -math.inf
         for k, w in enumerate(self.weights[frontend]):

@@ -1,0 +1,141 @@
+"""The result of a fluid integration: the trajectory, sampled as the simulator samples, and its tables."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..files import write_json, write_parquet
+
+if TYPE_CHECKING:  # pandas loads on first use: importing lbsim stays quick
+    import pandas as pd
+
+__all__ = ["FluidResult"]
+
+
+@dataclass
+class FluidResult:
+    """A fluid trajectory sampled every ``sample_interval``.
+
+    ``t`` (T,), ``load`` (T, B), ``split`` (T, F, B) (None if not recorded:
+    the split in effect at each sample time), ``final_load`` (B,) and
+    ``final_split`` (F, B) at the horizon; ``timeseries`` and ``routing`` are
+    the simulator's table shapes (``jobs = load / sbar``, a real number here).
+    """
+
+    scenario: Any
+    router: str
+    params: dict[str, Any]
+    t: np.ndarray
+    load: np.ndarray
+    split: np.ndarray | None
+    final_load: np.ndarray
+    final_split: np.ndarray
+    dt: float
+    band: float | None
+    #: eps = band * typical cost: the argmin routers' tie band in cost units (None for other routers)
+    tie_tolerance: float | None
+    steps: int
+    wall_seconds: float
+    x0: np.ndarray | None = field(repr=False, default=None)
+
+    @cached_property
+    def timeseries(self) -> pd.DataFrame:
+        import pandas as pd
+
+        T, B = self.load.shape
+        load = self.load.reshape(-1)
+        return pd.DataFrame(
+            {
+                "t": np.repeat(self.t, B),
+                "backend": np.tile(np.arange(B, dtype=np.int32), T),
+                "load": load,
+                "jobs": load / self.scenario.mean_size,
+            }
+        )
+
+    @cached_property
+    def routing(self) -> pd.DataFrame:
+        import pandas as pd
+
+        frontend, backend = np.nonzero(self.scenario.connect)
+        T = len(self.t) if self.split is not None else 0
+        prob = self.split[:, frontend, backend].reshape(-1) if T else np.empty(0)
+        return pd.DataFrame(
+            {
+                "t": np.repeat(self.t[:T], len(frontend)),
+                "frontend": np.tile(frontend.astype(np.int32), T),
+                "backend": np.tile(backend.astype(np.int32), T),
+                "prob": prob,
+            }
+        )
+
+    def mean_latency(self, load: np.ndarray | None = None, split: np.ndarray | None = None) -> float:
+        """Little's law on a fluid state: ``(sum_ij f_ij 2 d_ij + sum_j x_j) / sum_ij f_ij`` (final state by default).
+
+        ``f_ij = lambda_i p_ij`` is the flow being sent. At a rest point
+        ``x_j = mu_j^{-1}(Lambda_j)``, so this is the optimum's objective
+        (docs/model.md section 2) evaluated at the router's split.
+        """
+        load = self.final_load if load is None else load
+        split = self.final_split if split is None else split
+        flow = self.scenario.demand[:, None] * split
+        network = float((flow * 2.0 * self.scenario.latency).sum())
+        return (network + float(np.sum(load))) / float(flow.sum())
+
+    def steady_mean_latency(self, split: np.ndarray | None = None) -> float:
+        """The optimum's objective at a split, loads at their steady state ``mu_j^{-1}(Lambda_j)`` (inf: overloaded)."""
+        split = self.final_split if split is None else split
+        flow = self.scenario.demand[:, None] * split
+        arrivals = flow.sum(axis=0)
+        load = np.array([float(r.inverse(a)) for r, a in zip(self.scenario.service_rates, arrivals)])
+        return self.mean_latency(load, split)
+
+    def settling_time(self, load: np.ndarray, tolerance: float = 0.01) -> float:
+        """The first sample time from which ``max_j |x_j - load_j| <= tolerance * max_j load_j`` (inf: never).
+
+        "From which": the error stays within the tolerance at every later sample.
+        """
+        error = np.abs(self.load - np.asarray(load)).max(axis=1) / np.max(np.abs(load))
+        outside = np.flatnonzero(error > tolerance)
+        if not len(outside):
+            return float(self.t[0]) if len(self.t) else math.inf
+        return float(self.t[outside[-1] + 1]) if outside[-1] + 1 < len(self.t) else math.inf
+
+    def summary(self) -> dict[str, Any]:
+        def clean(v):
+            return [clean(u) for u in v] if isinstance(v, list) else (v if math.isfinite(v) else None)
+
+        return {
+            "scenario": self.scenario.name,
+            "router": self.router,
+            "params": self.params,
+            "model": "fluid",
+            "horizon": float(self.steps * self.dt),
+            "dt": self.dt,
+            "steps": self.steps,
+            "band": self.band,
+            "tie_tolerance": self.tie_tolerance,
+            "final_load": clean(self.final_load.tolist()),
+            "final_split": clean(self.final_split.tolist()),
+            "mean_latency": clean(self.mean_latency()),
+            "steady_mean_latency": clean(self.steady_mean_latency()),
+            "wall_seconds": round(self.wall_seconds, 6),
+        }
+
+    def write(self, out: str | Path) -> Path:
+        """``timeseries.parquet``, ``routing.parquet`` (if the split was recorded) and ``summary.json``, atomically."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        tables = {"timeseries": self.timeseries}
+        if self.split is not None:
+            tables["routing"] = self.routing
+        for name, frame in tables.items():
+            write_parquet(out / f"{name}.parquet", frame)
+        write_json(out / "summary.json", self.summary())
+        return out
