@@ -187,9 +187,7 @@ class BackendTable(_Table):
         data: dict[str, Any] = {"name": self.name} if self.name is not None else {}
         if self.model != DEFAULT_MODEL:
             data["model"] = self.model
-        for key, value in self._params.model_dump(mode="python", exclude_none=True, serialize_as_any=True).items():
-            original = getattr(self._params, key)
-            data[key] = {"kind": original.kind, **value} if isinstance(original, RateFamily) else value
+        data.update(self.model_class.params_table(self._params))
         if self.antagonist is not None:
             data["antagonist"] = self.antagonist.model_dump(mode="python", exclude_none=True)
         return data

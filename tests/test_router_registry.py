@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import backend, scenario
+from helpers import backend, scenario
 
 import lbsim.routers
 from lbsim.engine import Simulation

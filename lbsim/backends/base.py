@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ScenarioError, unknown
@@ -57,6 +58,14 @@ if TYPE_CHECKING:
     from ..rates import RateFamily
 
 INF = math.inf
+
+
+class EngineState(NamedTuple):
+    """What an LLM-aware router may know of a backend beyond its job count (as stale as the telemetry)."""
+
+    tokens: float  #: resident plus waiting tokens (a rate backend: its load x_j = n_j * sbar)
+    free_slots: int  #: batch slots free (a rate backend: 0)
+    pool_length: int  #: requests waiting for a slot (a rate backend: 0)
 
 BACKENDS: dict[str, type[BackendModel]] = {}
 DEFAULT_MODEL = "rate"
@@ -89,6 +98,8 @@ class BackendContext:
     on_done: Callable[[Job, float], None]  #: to call when a job's service ends
     history_window: float | None  #: how far back telemetry reads (None: keep no history)
     lazy: bool = True  #: completions played forward on demand instead of scheduled
+    #: one random stream per backend (by index), for models that draw (an admission policy's ties, estimates)
+    streams: Sequence[np.random.Generator] = ()
     #: tables a model may share between its backends (e.g. mu(n * sbar) by n), keyed by the model
     shared: dict[Any, Any] = field(default_factory=dict)
 
@@ -143,8 +154,48 @@ class BackendModel:
         return INF
 
     @classmethod
+    def parse_params(cls, table: Mapping[str, Any], key: str) -> BackendParams:
+        """The model's parameters from its keys in a ``[[backends]]`` table; errors name ``key.param``."""
+        try:
+            return cls.Params.model_validate(dict(table))
+        except ValidationError as exc:
+            for error in exc.errors():  # a validator that names its own key (make_rate's "service.c") wins
+                inner = (error.get("ctx") or {}).get("error")
+                if isinstance(inner, ScenarioError):
+                    field = ".".join(str(part) for part in error["loc"])
+                    same = not field or inner.key.split(".")[0] == field.split(".")[0]
+                    where = inner.key if same else f"{field}.{inner.key}"
+                    raise ScenarioError(f"{key}.{where}" if key else where, inner.message) from None
+        try:
+            return from_params(cls.Params, table, key, f"backend model '{cls.name}'")
+        except ScenarioError as err:
+            raise ScenarioError(err.key.lstrip("."), err.message) from None
+
+    @classmethod
+    def params_table(cls, params: BackendParams) -> dict[str, Any]:
+        """The parameters as the TOML table they are built from (for ``Scenario.to_dict``)."""
+        data: dict[str, Any] = {}
+        for name, value in params.model_dump(mode="python", exclude_none=True, serialize_as_any=True).items():
+            original = getattr(params, name)
+            kind = getattr(original, "kind", None)
+            data[name] = {"kind": kind, **value} if isinstance(original, BaseModel) and kind else value
+        return data
+
+    @classmethod
     def check_scenario(cls, params: BackendParams, scenario: Any, key: str) -> None:
         """Checks that need the whole scenario, run when it is loaded (raise ScenarioError naming ``key``...)."""
+
+    def engine_state_at(self, t: float) -> EngineState:
+        """The LLM-facing state at time ``t`` (within the history window); a rate backend's tokens are its load."""
+        return EngineState(self.jobs_at(t) * self.context.mean_size, 0, 0)
+
+    def job_columns(self) -> Any:
+        """Extra columns for the jobs this backend served (a DataFrame with ``job_id``), or None."""
+        return None
+
+    def tables(self) -> dict[str, Any]:
+        """Extra output tables of this backend (e.g. ``{"steps": DataFrame}``), each with a ``backend`` column."""
+        return {}
 
     # -- provided ---------------------------------------------------------------------
     @property
@@ -197,19 +248,7 @@ def backend_class(name: str, key: str = "model") -> type[BackendModel]:
 def validate_params(name: str, params: Mapping[str, Any], key: str = "") -> BackendParams:
     """A model's parameters, checked; errors name the key relative to the backend's table."""
     cls = backend_class(name, f"{key}.model" if key else "model")
-    try:
-        return cls.Params.model_validate(dict(params))
-    except ValidationError as exc:
-        for error in exc.errors():  # a validator that names its own key (make_rate's "service.c") wins
-            inner = (error.get("ctx") or {}).get("error")
-            if isinstance(inner, ScenarioError):
-                field = ".".join(str(part) for part in error["loc"])
-                where = inner.key if inner.key.split(".")[0] == field.split(".")[0] or not field else f"{field}.{inner.key}"
-                raise ScenarioError(f"{key}.{where}" if key else where, inner.message) from None
-    try:
-        return from_params(cls.Params, params, key, f"backend model '{name}'")
-    except ScenarioError as err:
-        raise ScenarioError(err.key.lstrip("."), err.message) from None
+    return cls.parse_params(params, key)
 
 
 def parameter_table() -> list[dict[str, Any]]:
