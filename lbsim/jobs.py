@@ -14,7 +14,9 @@ class Job:
     arrival on the hot path.
     """
 
-    __slots__ = ("job_id", "frontend", "size", "t_arrival", "backend", "t_backend_arrival", "return_delay")
+    __slots__ = (
+        "job_id", "frontend", "size", "t_arrival", "backend", "t_backend_arrival", "return_delay", "prompt", "output",
+    )  # fmt: skip
 
     def __init__(self, job_id: int, frontend: int, size: float, t_arrival: float):
         self.job_id = job_id
@@ -23,7 +25,8 @@ class Job:
         self.t_arrival = t_arrival
         # Set on the way (one fewer store each per job here): ``backend`` and
         # ``return_delay`` (d_ij plus the response's jitter) when the job is
-        # routed, ``t_backend_arrival`` when it reaches the backend.
+        # routed, ``t_backend_arrival`` when it reaches the backend; ``prompt`` and
+        # ``output`` tokens with token workloads (jobs.tokens).
 
     def __repr__(self) -> str:
         backend = getattr(self, "backend", None)

@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .distributions import DISTRIBUTIONS, Distribution, make_distribution
 from .errors import ScenarioError, unknown
-from .backends import DEFAULT_MODEL, BackendModel, BackendParams, backend_class, validate_params
+from .llm.tokens import TokenMoments, TokenWorkload, make_tokens, read_arrival_trace
+from .backends import DEFAULT_MODEL, BackendModel, BackendParams, Workload, backend_class, validate_params
 from .rates import RateFamily
 
 TELEMETRY_MODES = ("delayed", "periodic", "instant", "none")
@@ -65,6 +66,15 @@ class SimulationTable(_Table):
         None, description="[[time, multiplier], ...]: multiplies every frontend's rate from that time on"
     )
     record_jobs: bool = Field(True, description="keep one record per job (jobs.parquet)")
+    mode: Literal["open", "saturated"] = Field(
+        "open",
+        description="open: Poisson frontends; saturated: every request of jobs.tokens waits at t = 0 in the one llm backend",
+    )
+    record_steps: Literal["all", "sampled"] | None = Field(
+        None,
+        description="llm backends' steps.parquet: a row per step, or per sample_interval with running sums "
+        "(default: all in saturated mode, sampled in open mode)",
+    )
 
     @field_validator("rate_schedule")
     @classmethod
@@ -84,13 +94,29 @@ class JobsTable(_Table):
     model_config = ConfigDict(extra="allow", frozen=True)
     size: str = Field("exponential", description="size distribution: " + ", ".join(sorted(DISTRIBUTIONS)))
     size_mean: float | None = Field(None, gt=0, description="mean size X in work units (default 1)")
+    tokens: dict[str, Any] | None = Field(
+        None,
+        description="prompt and output tokens of each request, e.g. { kind = 'azure_conversation' }; "
+        "a job's size is then its output tokens",
+    )
+    count: int | None = Field(None, ge=1, description="saturated mode: how many requests (default: a pairs file's rows)")
 
     @cached_property
     def distribution(self) -> Distribution:
         return make_distribution(self.size, dict(self.model_extra or {}), "jobs")
 
+    @cached_property
+    def token_workload(self) -> TokenWorkload | None:
+        return None if self.tokens is None else make_tokens(self.tokens, "jobs.tokens")
+
+    @cached_property
+    def token_moments(self) -> TokenMoments | None:
+        return None if self.token_workload is None else self.token_workload.moments()
+
     @property
     def mean(self) -> float:
+        if self.token_moments is not None:
+            return self.token_moments.mean_output  # a job's size is its output tokens
         if self.size_mean is not None:
             return self.size_mean
         values = (self.model_extra or {}).get("values")
@@ -99,7 +125,31 @@ class JobsTable(_Table):
 
 class FrontendTable(_Table):
     name: str | None = None
-    rate: float = Field(gt=0, description="work units per second")
+    rate: float | None = Field(None, gt=0, description="work units per second (required unless a trace is given)")
+    trace: str | None = Field(
+        None, description="CSV of arrivals (time,prompt,output) replacing the Poisson stream; path relative to the scenario"
+    )
+    rate_schedule: Schedule | None = Field(
+        None, description="[[time, multiplier], ...]: multiplies this frontend's rate (demand that follows the sun)"
+    )
+
+    @field_validator("rate_schedule")
+    @classmethod
+    def _schedule(cls, v):
+        return _check_schedule(v, "rate")
+
+    @cached_property
+    def arrivals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The trace's (times, prompts, outputs), or None."""
+        return None if self.trace is None else read_arrival_trace(self.trace, "trace")
+
+    @property
+    def demand(self) -> float:
+        """lambda_i: the rate, or a trace's output tokens per second over its span."""
+        if self.rate is not None:
+            return self.rate
+        times, _, outputs = self.arrivals  # type: ignore[misc]
+        return float(outputs.sum()) / float(times[-1]) if len(times) and times[-1] > 0 else 0.0
 
 
 class AntagonistTable(_Table):
@@ -166,9 +216,9 @@ class BackendTable(_Table):
     def model_class(self) -> type[BackendModel]:
         return backend_class(self.model)
 
-    def rate_function(self, mean_size: float) -> RateFamily | None:
+    def rate_function(self, workload: Workload) -> RateFamily | None:
         """mu_j, the model's fluid rate function, or None."""
-        return self.model_class.rate_function(self._params, mean_size)
+        return self.model_class.rate_function(self._params, workload)
 
     # The rate model's keys, read as attributes by scripts written before backend models.
     @property
@@ -257,7 +307,7 @@ class Scenario(_Table):
 
     simulation: SimulationTable = SimulationTable()
     jobs: JobsTable = JobsTable()
-    frontends: list[FrontendTable] = Field(min_length=1)
+    frontends: list[FrontendTable] = Field(default_factory=list)
     backends: list[BackendTable] = Field(min_length=1)
     network: NetworkTable = NetworkTable()
     router: RouterTable = RouterTable()
@@ -276,7 +326,7 @@ class Scenario(_Table):
     @cached_property
     def demand(self) -> np.ndarray:
         """lambda_i: work units per second offered at each frontend."""
-        return np.array([f.rate for f in self.frontends], dtype=float)
+        return np.array([f.demand for f in self.frontends], dtype=float)
 
     @cached_property
     def delay(self) -> np.ndarray:
@@ -300,7 +350,7 @@ class Scenario(_Table):
     @cached_property
     def service_rates(self) -> list[RateFamily | None]:
         """mu_j of every backend (None for a backend model with no fluid rate function)."""
-        return [b.rate_function(self.mean_size) for b in self.backends]
+        return [b.rate_function(self.workload) for b in self.backends]
 
     def rate_functions(self, needed_by: str) -> list[RateFamily]:
         """mu_j of every backend, for computations that need them all (raises naming the backend that has none)."""
@@ -314,12 +364,20 @@ class Scenario(_Table):
     @cached_property
     def load_limits(self) -> np.ndarray:
         """The largest load each backend's fluid rate counts (inf: no limit)."""
-        return np.array([b.model_class.load_limit(b.params, self.mean_size) for b in self.backends], dtype=float)
+        return np.array([b.model_class.load_limit(b.params, self.workload) for b in self.backends], dtype=float)
 
     def supremum(self, j: int) -> float:
         """sup mu_j, the most backend j can serve (inf for a model without a rate function)."""
         mu = self.service_rates[j]
         return math.inf if mu is None else mu.supremum
+
+    @cached_property
+    def workload(self) -> Workload:
+        """The jobs as the backend models' rate functions see them (sbar, and token means with jobs.tokens)."""
+        m = self.jobs.token_moments
+        if m is None:
+            return Workload(self.mean_size)
+        return Workload(self.mean_size, m.mean_prompt, m.mean_output, m.mean_length)
 
     @property
     def mean_size(self) -> float:
@@ -328,6 +386,7 @@ class Scenario(_Table):
 
     @model_validator(mode="after")
     def _cross_checks(self):
+        self._check_mode()
         F, B = self.num_frontends, self.num_backends
         lat, key = self.network.delay, self.network.delay_key
         if not isinstance(lat, (int, float)):
@@ -346,6 +405,9 @@ class Scenario(_Table):
             if not (connect[i] & usable).any():
                 raise ScenarioError(f"network.connect[{i}]", f"frontend {self.frontend_label(i)} has no usable backend")
         self.jobs.distribution  # validates size parameters now, not mid-run
+        self.jobs.token_moments
+        for j, b in enumerate(self.backends):
+            b.model_class.check_scenario(b.params, self, f"backends[{j}]")
         self.network.jitter_distribution
         from .routers.base import router_class, validate_params
 
@@ -357,6 +419,26 @@ class Scenario(_Table):
                 dup = next(n for n in names if names.count(n) > 1)
                 raise ScenarioError(name, f"duplicate name '{dup}'")
         return self
+
+    def _check_mode(self) -> None:
+        """What each mode needs: frontends (open), one llm backend and a finite workload (saturated)."""
+        if self.simulation.mode == "saturated":
+            if self.num_backends != 1 or self.backends[0].model != "llm":
+                raise ScenarioError("simulation.mode", "saturated mode needs exactly one backend, of model 'llm'")
+            if self.jobs.tokens is None:
+                raise ScenarioError("jobs.tokens", "required in saturated mode")
+            if self.jobs.count is None and self.jobs.tokens.get("kind") != "pairs":
+                raise ScenarioError("jobs.count", "required in saturated mode (how many requests wait at t = 0)")
+            return
+        if not self.frontends:
+            raise ScenarioError("frontends", "at least one frontend is required (in open mode)")
+        for i, f in enumerate(self.frontends):
+            if (f.rate is None) == (f.trace is None):
+                raise ScenarioError(f"frontends[{i}].rate", "give either 'rate' or 'trace'")
+            if f.trace is not None:
+                if self.jobs.tokens is None:
+                    raise ScenarioError(f"frontends[{i}].trace", "a trace of tokens needs jobs.tokens")
+                f.arrivals  # read and checked now, not mid-run
 
     def frontend_label(self, i: int) -> str:
         return self.frontends[i].name or str(i)
@@ -522,11 +604,24 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ScenarioError(str(path), f"not valid TOML: {exc}") from None
 
 
+def _resolve_files(data: dict[str, Any], folder: Path) -> None:
+    """Make the files a scenario names (token pairs, arrival traces) absolute: they are relative to its folder."""
+    tokens = (data.get("jobs") or {}).get("tokens")
+    if isinstance(tokens, dict) and isinstance(tokens.get("file"), str):
+        tokens["file"] = str(folder / tokens["file"])
+    for frontend in data.get("frontends") or []:
+        if isinstance(frontend, dict) and isinstance(frontend.get("trace"), str):
+            frontend["trace"] = str(folder / frontend["trace"])
+
+
 def load_scenario(path: str | Path, overrides: Iterable[str] = (), *, warn: bool = True) -> Scenario:
     """Load and validate a scenario file; ``overrides`` are ``key.path=value`` strings."""
     data = read_toml(path)
     data.setdefault("name", Path(path).stem)
-    scenario = Scenario.from_dict(data, overrides)
+    for item in overrides:
+        apply_override(data, item)
+    _resolve_files(data, Path(path).resolve().parent)
+    scenario = Scenario.from_dict(data)
     if warn and (message := scenario.capacity_warning()):
         warnings.warn(message, CapacityWarning, stacklevel=2)
     return scenario

@@ -36,10 +36,10 @@ def _examples() -> list[tuple[str, int]]:
 
 def _model_scenario(model: str, example: int, horizon: float = 120.0, telemetry: str = "delayed", router="jsq"):
     """Two frontends, three backends of one model (one example's parameters), delays up to 1.3 s."""
-    params = dict(BACKENDS[model].examples[example])
-    tables = [{"model": model, **params} for _ in range(3)]
-    return scenario(
-        tables,
+    cls = BACKENDS[model]
+    tables = [{"model": model, **cls.examples[example]} for _ in range(3)]
+    s = scenario(
+        tables if not cls.example_jobs else [backend("linear", r=1.0)] * 3,
         [0.5, 0.6],
         horizon=horizon,
         warmup=10.0,
@@ -50,6 +50,15 @@ def _model_scenario(model: str, example: int, horizon: float = 120.0, telemetry:
         network={"latency": DELAY, "connect": CONNECT, "telemetry": telemetry, "period": 0.7},
         router=router,
     )
+    if not cls.example_jobs:
+        return s
+    # Jobs of the model's own kind (tokens), scaled so that sbar and the job rate stay those of the others.
+    data = s.to_dict()
+    data["backends"] = tables
+    data["jobs"] = dict(cls.example_jobs)
+    mean = lbsim.Scenario.from_dict(data).jobs.mean
+    data["simulation"]["job_scale"] = 0.3 / mean
+    return lbsim.Scenario.from_dict(data)
 
 
 # -- the registry --------------------------------------------------------------------------

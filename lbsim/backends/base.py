@@ -60,6 +60,16 @@ if TYPE_CHECKING:
 INF = math.inf
 
 
+@dataclass(frozen=True)
+class Workload:
+    """What the jobs are like, as far as a model's fluid rate function depends on it."""
+
+    mean_size: float  #: sbar, work units per job
+    mean_prompt: float = 0.0  #: tokens (jobs with tokens only)
+    mean_output: float = 1.0  #: tokens
+    mean_length: float = 0.0  #: mean resident tokens of an active request (llm.equivalent.mean_resident_length)
+
+
 class EngineState(NamedTuple):
     """What an LLM-aware router may know of a backend beyond its job count (as stale as the telemetry)."""
 
@@ -100,6 +110,8 @@ class BackendContext:
     lazy: bool = True  #: completions played forward on demand instead of scheduled
     #: one random stream per backend (by index), for models that draw (an admission policy's ties, estimates)
     streams: Sequence[np.random.Generator] = ()
+    #: models that log steps (llm): one row per sample_interval (with running sums) instead of per step
+    step_sample_interval: float | None = None
     #: tables a model may share between its backends (e.g. mu(n * sbar) by n), keyed by the model
     shared: dict[Any, Any] = field(default_factory=dict)
 
@@ -113,6 +125,8 @@ class BackendModel:
     Params: ClassVar[type[BackendParams]] = BackendParams
     #: parameter sets the conformance suite runs (every model declares at least one)
     examples: ClassVar[tuple[dict[str, Any], ...]] = ()
+    #: the ``[jobs]`` keys the examples need (an llm backend's requests are in tokens)
+    example_jobs: ClassVar[dict[str, Any]] = {}
     #: whether :meth:`set_multiplier` (antagonist load) is supported
     supports_antagonist: ClassVar[bool] = False
 
@@ -144,12 +158,12 @@ class BackendModel:
         raise NotImplementedError(f"backend model {self.name!r} does not support antagonists")
 
     @classmethod
-    def rate_function(cls, params: BackendParams, mean_size: float) -> RateFamily | None:
+    def rate_function(cls, params: BackendParams, workload: Workload) -> RateFamily | None:
         """The fluid rate ``mu(x)`` (work units per second at load x), or None if the model has none."""
         return None
 
     @classmethod
-    def load_limit(cls, params: BackendParams, mean_size: float) -> float:
+    def load_limit(cls, params: BackendParams, workload: Workload) -> float:
         """The largest load the fluid rate counts: the fluid departure rate is ``mu(min(x, limit))``."""
         return INF
 

@@ -20,7 +20,7 @@ from simpy.core import NORMAL
 from ..events import Wakeup
 from ..jobs import Job
 from ..rates import Linear, RateFamily
-from .base import BackendContext, BackendModel, BackendParams, register_backend
+from .base import BackendContext, BackendModel, BackendParams, Workload, register_backend
 
 
 class InfiniteServerParams(BackendParams):
@@ -78,5 +78,5 @@ class InfiniteServer(BackendModel):
             self._finish()
 
     @classmethod
-    def rate_function(cls, params: InfiniteServerParams, mean_size: float) -> RateFamily:  # type: ignore[override]
-        return Linear(r=params.speed / mean_size)
+    def rate_function(cls, params: InfiniteServerParams, workload: Workload) -> RateFamily:  # type: ignore[override]
+        return Linear(r=params.speed / workload.mean_size)

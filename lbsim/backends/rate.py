@@ -43,7 +43,7 @@ from ..errors import ScenarioError
 from ..events import Wakeup
 from ..jobs import Job
 from ..rates import RateFamily, make_rate
-from .base import BackendContext, BackendModel, BackendParams, register_backend
+from .base import BackendContext, BackendModel, BackendParams, Workload, register_backend
 
 INF = math.inf
 
@@ -111,11 +111,11 @@ class RateBackend(BackendModel):
         self._keep_history = context.history_window is not None
 
     @classmethod
-    def rate_function(cls, params: RateParams, mean_size: float) -> RateFamily:  # type: ignore[override]
+    def rate_function(cls, params: RateParams, workload: Workload) -> RateFamily:  # type: ignore[override]
         return params.service
 
     @classmethod
-    def load_limit(cls, params: RateParams, mean_size: float) -> float:  # type: ignore[override]
+    def load_limit(cls, params: RateParams, workload: Workload) -> float:  # type: ignore[override]
         return params.max_load if params.max_load is not None else INF
 
     # -- state ------------------------------------------------------------------------

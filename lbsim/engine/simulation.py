@@ -39,7 +39,7 @@ from .telemetry import LocalView, make_view
 
 #: Subsystems that draw random numbers, each from its own spawned stream
 #: (DESIGN.md invariant 4). The order is part of the reproducibility contract.
-STREAMS = ("arrivals", "sizes", "router", "network", "antagonist")
+STREAMS = ("arrivals", "sizes", "router", "network", "antagonist", "backends")
 
 _new = object.__new__
 BATCH = 4096  # random draws are made in numpy batches: one numpy call per job would dominate
@@ -48,7 +48,7 @@ BATCH = 4096  # random draws are made in numpy batches: one numpy call per job w
 def spawn_streams(seed: int, frontends: int, backends: int) -> dict[str, list[np.random.Generator]]:
     """One generator per subsystem (and per frontend / backend where they are independent)."""
     children = dict(zip(STREAMS, np.random.SeedSequence(seed).spawn(len(STREAMS))))
-    per = {"arrivals": frontends, "sizes": frontends, "antagonist": backends}
+    per = {"arrivals": frontends, "sizes": frontends, "antagonist": backends, "backends": backends}
     return {
         name: [np.random.default_rng(s) for s in ss.spawn(per[name])] if name in per else [np.random.default_rng(ss)]
         for name, ss in children.items()
@@ -60,19 +60,26 @@ class ArrivalStream:
 
     Arrival times are unit-rate Poisson points mapped through the inverse of the
     cumulative intensity (the time-change theorem), so the same seed gives the
-    same jobs whatever the schedule does later, and times are exact.
+    same jobs whatever the schedule does later, and times are exact. With
+    token workloads (``jobs.tokens``) each job also carries its prompt and
+    output tokens, drawn from the sizes stream; its size is then
+    ``job_scale * output`` (docs/llm.md).
     """
 
-    def __init__(self, frontend: int, job_rate: float, schedule, arrival_rng, size_rng, sample_size):
+    def __init__(self, frontend: int, job_rate: float, schedule, arrival_rng, size_rng, sample_size, sample_tokens=None):
         self.frontend = frontend
         self.job_rate = job_rate
         self.arrival_rng = arrival_rng
         self.size_rng = size_rng
         self.sample_size = sample_size
+        #: ``(rng, n) -> (prompts, outputs, sizes)`` for token workloads, else None
+        self.sample_tokens = sample_tokens
         self.pending_size = 0.0  # size of the job whose arrival is scheduled
+        self.pending_tokens = (0, 0)  # its (prompt, output), with token workloads
         self._operational = 0.0  # cumulative unit-rate time of the last arrival drawn
         self.times: list[float] = []  # the next arrival times and sizes, last first
         self.sizes: list[float] = []
+        self.tokens: list[tuple[int, int]] = []
         # Breakpoints of M(t) = integral of the multiplier m(s) ds (m = 1 before the first).
         steps = [(0.0, 1.0)] + [(t, m) for t, m in (schedule or []) if t > 0.0]
         if schedule and schedule[0][0] == 0.0:
@@ -87,7 +94,12 @@ class ArrivalStream:
         operational = self._operational + np.cumsum(gaps)
         self._operational = float(operational[-1])
         self.times = self._invert(operational / self.job_rate)[::-1].tolist()
-        self.sizes = self.sample_size(self.size_rng, BATCH)[::-1].tolist()
+        if self.sample_tokens is None:
+            self.sizes = self.sample_size(self.size_rng, BATCH)[::-1].tolist()
+        else:
+            prompts, outputs, sizes = self.sample_tokens(self.size_rng, BATCH)
+            self.sizes = sizes[::-1].tolist()
+            self.tokens = list(zip(prompts[::-1].tolist(), outputs[::-1].tolist()))
 
     def _invert(self, m: np.ndarray) -> np.ndarray:
         """t with M(t) = m, the earliest such t (flat stretches of M have m(t) = 0)."""
@@ -98,10 +110,43 @@ class ArrivalStream:
         return np.where(rate > 0, t, np.inf)
 
     def next(self) -> tuple[float, float]:
-        """(arrival time, size) of the next job."""
+        """(arrival time, size) of the next job (its tokens in ``pending_tokens``)."""
         if not self.times:
             self.refill()
+        if self.sample_tokens is not None:
+            self.pending_tokens = self.tokens.pop()
         return self.times.pop(), self.sizes.pop()
+
+
+class TraceStream(ArrivalStream):
+    """Frontend i's arrivals read from a trace (``frontends[].trace``): times, prompts and outputs as given."""
+
+    def __init__(self, frontend: int, trace: tuple[np.ndarray, np.ndarray, np.ndarray], job_scale: float):
+        super().__init__(frontend, 1.0, None, None, None, None, sample_tokens=lambda rng, n: None)
+        times, prompts, outputs = trace
+        self.times = times[::-1].tolist()
+        self.sizes = (outputs * job_scale)[::-1].tolist()
+        self.tokens = list(zip(prompts[::-1].tolist(), outputs[::-1].tolist()))
+
+    def refill(self) -> None:  # the trace is over: no more arrivals
+        self.times, self.sizes, self.tokens = [math.inf], [0.0], [(0, 0)]
+
+
+def combine_schedules(*schedules: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+    """The product of piecewise-constant multipliers (each 1 before its first breakpoint)."""
+    given = [s for s in schedules if s]
+    if len(given) <= 1:
+        return given[0] if given else None
+    times = sorted({t for s in given for t, _ in s})
+
+    def at(schedule: list[tuple[float, float]], t: float) -> float:
+        value = 1.0
+        for start, m in schedule:
+            if start <= t:
+                value = m
+        return value
+
+    return [(t, math.prod(at(s, t) for s in given)) for t in times]
 
 
 class Simulation:
@@ -156,7 +201,16 @@ class Simulation:
         lazy = not self.response_events if lazy is None else lazy
         self.records = JobRecords() if sim.record_jobs else LatencyRecords(sim.warmup, sim.horizon)
         on_done = self._done if self.response_events else self.records.add
-        context = BackendContext(env, self.mean_size, on_done, self.view.history_window, lazy)
+        record_steps = sim.record_steps or ("all" if sim.mode == "saturated" else "sampled")
+        context = BackendContext(
+            env,
+            self.mean_size,
+            on_done,
+            self.view.history_window,
+            lazy,
+            streams=streams["backends"],
+            step_sample_interval=sim.sample_interval if record_steps == "sampled" else None,
+        )
         self.backends: list[BackendModel] = [
             spec.model_class(j, spec.params, context) for j, spec in enumerate(scenario.backends)
         ]
@@ -172,17 +226,31 @@ class Simulation:
 
         size = scenario.jobs.distribution
         size_mean, scale = scenario.jobs.mean, scenario.simulation.job_scale
+        workload = scenario.jobs.token_workload
+        self.with_tokens = workload is not None
+        sample_tokens = None
+        if workload is not None:
+
+            def sample_tokens(rng, n, workload=workload):
+                prompts, outputs = workload.sample(rng, n)
+                return prompts, outputs, outputs * scale
+
         self.streams = [
-            ArrivalStream(
+            TraceStream(i, f.arrivals, scale)
+            if f.arrivals is not None
+            else ArrivalStream(
                 i,
-                f.rate / self.mean_size,
-                sim.rate_schedule,
+                f.demand / self.mean_size,
+                combine_schedules(sim.rate_schedule, f.rate_schedule),
                 streams["arrivals"][i],
                 streams["sizes"][i],
                 lambda rng, n: size.sample(rng, n, size_mean) * scale,
+                sample_tokens,
             )
             for i, f in enumerate(scenario.frontends)
         ]
+        #: each job's (prompt, output) by job_id, with token workloads
+        self.job_tokens: list[tuple[int, int]] = []
         self.antagonist_rngs = streams["antagonist"]
         self.network_extras = self.local_view or self.jitter is not None
 
@@ -208,6 +276,9 @@ class Simulation:
         job.frontend = i
         job.size = stream.pending_size
         job.t_arrival = now
+        if self.with_tokens:
+            job.prompt, job.output = stream.pending_tokens
+            self.job_tokens.append(stream.pending_tokens)
         self.arrived += 1
         j = self.route(i, job, self.view)
         if not self.connect[i][j]:
@@ -228,6 +299,8 @@ class Simulation:
             stream.refill()
             t = stream.times.pop()
         stream.pending_size = stream.sizes.pop()
+        if self.with_tokens:
+            stream.pending_tokens = stream.tokens.pop()
         if t < self.horizon:
             event.callbacks = self._arrive_callbacks
             # env.schedule inlined, at the absolute time t (no now + (t - now) rounding)
