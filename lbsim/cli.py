@@ -82,6 +82,9 @@ def _load(path: str, overrides, **flags):
 
 
 def _print_summary(summary: dict) -> None:
+    if summary.get("mode") == "saturated":
+        _print_rows(_saturated_rows(summary))
+        return
     rows = [
         ("router", summary["router"]),
         ("seed", summary["seed"]),
@@ -92,6 +95,39 @@ def _print_summary(summary: dict) -> None:
         ("throughput (work/s)", f"{summary['throughput']:.6g} of {summary['offered_load']:.6g} offered"),
         ("wall time (s)", f"{summary['wall_seconds']:.3f} ({summary['jobs_per_second']:.0f} jobs/s)"),
     ]
+    if "ttft_p99" in summary:  # llm backends
+        rows[-1:-1] = _engine_rows(summary)
+    _print_rows(rows)
+
+
+def _engine_rows(summary: dict) -> list[tuple[str, str]]:
+    return [
+        ("TTFT mean / p99 (s)", f"{summary['ttft_mean']:.4g} / {summary['ttft_p99']:.4g}"),
+        ("TPOT mean / p99 (s)", f"{summary['tpot_mean']:.4g} / {summary['tpot_p99']:.4g}"),
+        ("barrier idle (share of rank-time)", f"{summary['barrier_idle']:.4g}"),
+        ("energy per token (J)", f"{summary['energy_per_token']:.4g}"),
+        ("preemptions", f"{summary['preemptions']}"),
+    ]
+
+
+def _saturated_rows(summary: dict) -> list[tuple[str, str]]:
+    return [
+        ("admission", summary["admission"]),
+        ("seed", summary["seed"]),
+        ("requests", summary["jobs_arrived"]),
+        ("steps (window / all)", f"{summary['steps_window']} / {summary['steps']}"),
+        ("mean imbalance (tokens)", f"{summary['mean_imbalance']:.6g}"),
+        ("mean idle rate", f"{summary['mean_idle_rate']:.4g}"),
+        ("throughput (tokens/s)", f"{summary['throughput_tokens']:.6g}"),
+        ("energy in window (J)", f"{summary['energy']:.6g}"),
+        ("mean TPOT (s)", f"{summary['mean_tpot']:.4g}"),
+        ("makespan (s)", f"{summary['makespan']:.6g}"),
+        *_engine_rows(summary),
+        ("wall time (s)", f"{summary['wall_seconds']:.3f}"),
+    ]
+
+
+def _print_rows(rows: list[tuple[str, Any]]) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
@@ -168,6 +204,15 @@ def routers(as_json):
     from .routers import parameter_table
 
     _print_registry(parameter_table(), "router", as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def admissions(as_json):
+    """List the admission policies of llm backends with their dispatch, parameters and defaults."""
+    from .llm.admission import parameter_table
+
+    _print_registry(parameter_table(), "admission", as_json)
 
 
 @main.command()

@@ -448,6 +448,8 @@ class Scenario(_Table):
 
     def capacity_warning(self) -> str | None:
         """A warning when the offered load reaches the capacity the frontends can use."""
+        if self.simulation.mode == "saturated":
+            return None  # no arrivals: the work is all there at t = 0
         reachable = self.connect.any(axis=0)
         peak = max([1.0] + [m for _, m in self.simulation.rate_schedule or []])
         capacity = sum(self.supremum(j) for j, r in enumerate(reachable) if r)

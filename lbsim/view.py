@@ -9,8 +9,12 @@ The engine supplies one subclass per telemetry mode
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .backends.base import EngineState
 
 
 class View:
@@ -44,3 +48,13 @@ class View:
     def loads(self, frontend: int) -> np.ndarray:
         """x_hat_i: every backend's observed load, shape (B,)."""
         return np.array(self.jobs_of(frontend, range(len(self.backends))), dtype=float) * self.mean_size
+
+    def engine_state(self, frontend: int, backend: int) -> EngineState:
+        """What an LLM-aware router may know of ``backend`` beyond its job count: resident plus waiting
+        tokens, free slots, pool length (:class:`~lbsim.backends.base.EngineState`), as stale as :meth:`jobs`."""
+        raise NotImplementedError
+
+    def tokens_of(self, frontend: int, backends: Sequence[int]) -> list[float]:
+        """Resident plus waiting tokens of each backend, as ``frontend`` sees them."""
+        state = self.engine_state
+        return [state(frontend, j).tokens for j in backends]

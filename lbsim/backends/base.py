@@ -201,6 +201,9 @@ class BackendModel:
 
     def engine_state_at(self, t: float) -> EngineState:
         """The LLM-facing state at time ``t`` (within the history window); a rate backend's tokens are its load."""
+        if self.context.history_window is None:  # no history kept: only the present is asked for
+            self.catch_up(t)
+            return EngineState(self.jobs * self.context.mean_size, 0, 0)
         return EngineState(self.jobs_at(t) * self.context.mean_size, 0, 0)
 
     def job_columns(self) -> Any:

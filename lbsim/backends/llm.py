@@ -176,15 +176,31 @@ class LLMBackend(BackendModel):
         )
 
     @classmethod
+    def load_limit(cls, params: LLMParams, workload: Workload) -> float:  # type: ignore[override]
+        """Every slot full: the fluid rate stops growing at G * B requests (the curve alone would not)."""
+        return params.workers * params.slots * workload.mean_size
+
+    @classmethod
     def check_scenario(cls, params: BackendParams, scenario: Any, key: str) -> None:
         if scenario.jobs.tokens is None:
             raise ScenarioError("jobs.tokens", f"required: {key} is an llm backend, whose requests are in tokens")
 
     def job_columns(self) -> pd.DataFrame:
-        frame = jobs_frame(self.requests)
-        return frame.rename(columns={"request_id": "job_id"})[
-            ["job_id", "rank", "t_admit", "t_first_token", "ttft", "tpot", "pool_wait", "preemptions"]
-        ]
+        """rank, t_admit, t_first_token, ttft, tpot, pool_wait and preemptions of every job served here.
+
+        In a whole system ``ttft`` runs from the request's arrival at its
+        frontend to its first token's arrival back there (both network hops
+        included); ``pool_wait`` from its arrival at the engine to admission.
+        """
+        frame = jobs_frame(self.requests).rename(columns={"request_id": "job_id"})
+        jobs = [r.payload for r in self.requests]
+        frame["t_frontend_arrival"] = np.array([job.t_arrival for job in jobs], dtype=np.float64)
+        back = np.array([job.return_delay for job in jobs], dtype=np.float64)
+        frame["ttft"] = frame["t_first_token"] + back - frame["t_frontend_arrival"]
+        return frame[
+            ["job_id", "rank", "t_admit", "t_first_token", "ttft", "tpot", "pool_wait", "preemptions", "t_done",
+             "t_frontend_arrival"]
+        ]  # fmt: skip
 
     def tables(self) -> dict[str, pd.DataFrame]:
         steps = self.engine.log.frame()

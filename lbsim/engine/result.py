@@ -30,6 +30,10 @@ class Result:
     counts: dict[str, int]
     wall_seconds: float
     measures: Any = field(default=None, repr=False)
+    #: per-step statistics of llm backends (steps.parquet), empty without them
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    #: the llm backends' figures (TTFT, TPOT, energy...), added to the summary
+    engine_figures: dict[str, Any] = field(default_factory=dict, repr=False)
     _summary: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
@@ -51,6 +55,7 @@ class Result:
             "jobs_in_system_end": sim.to_backends + at_backends + measures.responding,
         }
         routing = sim.splits.frame() if sim.splits is not None else _empty_routing()
+        jobs, steps, figures = _engine_outputs(sim, jobs)
         return cls(
             jobs=jobs,
             timeseries=sim.samples.frame(sim.mean_size),
@@ -61,7 +66,41 @@ class Result:
             counts=counts,
             wall_seconds=sim.wall_seconds,
             measures=measures,
+            steps=steps,
+            engine_figures=figures,
         )
+
+    @classmethod
+    def from_saturated(cls, scenario: Any, seed: int, run: Any, wall_seconds: float) -> Result:
+        """A saturated run (:func:`lbsim.llm.saturated.run_saturated`): its jobs, steps and figures."""
+        jobs = run.jobs.rename(columns={"request_id": "job_id", "t_done": "t_backend_done"})
+        jobs.insert(1, "backend", np.int32(0))
+        steps = run.steps.assign(backend=np.int32(0))
+        n = len(jobs)
+        counts = {"jobs_arrived": n, "jobs_completed": int(jobs["t_backend_done"].notna().sum())}
+        counts["jobs_in_system_end"] = n - counts["jobs_completed"]
+        result = cls(
+            jobs=jobs,
+            timeseries=pd.DataFrame({"t": [], "backend": np.empty(0, np.int32), "load": [], "jobs": []}),
+            routing=_empty_routing(),
+            scenario=scenario,
+            router="",
+            seed=seed,
+            counts=counts,
+            wall_seconds=wall_seconds,
+            steps=steps,
+            engine_figures=dict(run.summary),
+        )
+        result._summary = {
+            **run.summary,  # the BF-IO protocol figures first, at the top level
+            "scenario": scenario.name,
+            "mode": "saturated",
+            "seed": seed,
+            "admission": scenario.backends[0].params.admission.name,
+            **counts,
+            "wall_seconds": round(wall_seconds, 6),
+        }
+        return result
 
     @property
     def warmup(self) -> float:
@@ -101,6 +140,7 @@ class Result:
             "jobs_per_second": round(self.counts["jobs_arrived"] / self.wall_seconds, 1)
             if self.wall_seconds > 0
             else nan,
+            **self.engine_figures,
         }
         self._summary = summary
         return summary
@@ -114,10 +154,38 @@ class Result:
             del tables["jobs"]
         if len(self.routing):
             tables["routing"] = self.routing
+        if len(self.steps):
+            tables["steps"] = self.steps
         for name, frame in tables.items():
             write_parquet(out / f"{name}.parquet", frame)
         write_json(out / "summary.json", self.summary())
         return out
+
+
+def _engine_outputs(sim: Any, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Tokens and llm columns joined to the jobs table by job_id; the steps table; the engines' figures."""
+    if sim.with_tokens and len(jobs):
+        tokens = np.array(sim.job_tokens, dtype=np.int64).reshape(-1, 2)[jobs["job_id"].to_numpy()]
+        jobs = jobs.assign(prompt=tokens[:, 0], output=tokens[:, 1])
+    extra = [c for b in sim.backends if (c := b.job_columns()) is not None]
+    tables = [t["steps"] for b in sim.backends if "steps" in (t := b.tables())]
+    if not extra:
+        return jobs, pd.DataFrame(), {}
+    from ..llm.figures import engine_figures, merge_sums
+
+    columns = pd.concat(extra, ignore_index=True)
+    if len(jobs):
+        jobs = jobs.merge(columns, on="job_id", how="left", sort=False)
+        for name in ("rank", "preemptions"):  # jobs of other backends: -1 rank, 0 preemptions
+            jobs[name] = jobs[name].fillna(-1 if name == "rank" else 0).astype(np.int64)
+    if len(jobs):
+        jobs = jobs.drop(columns=["t_done", "t_frontend_arrival"])
+    engines = [b.engine for b in sim.backends if hasattr(b, "engine")]
+    measured = columns[columns["t_frontend_arrival"] >= sim.scenario.simulation.warmup]
+    figures = engine_figures(
+        merge_sums([e.log.sums for e in engines]), measured, sum(e.preemptions for e in engines)
+    )
+    return jobs, pd.concat(tables, ignore_index=True), figures
 
 
 def _empty_routing() -> pd.DataFrame:

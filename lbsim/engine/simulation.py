@@ -162,6 +162,8 @@ class Simulation:
     ):
         self.scenario = scenario
         sim = scenario.simulation
+        if sim.mode == "saturated":
+            raise ValueError("a saturated scenario has no frontends to simulate: use lbsim.simulate (run_saturated)")
         self.seed = sim.seed if seed is None else int(seed)
         self.horizon = sim.horizon
         self.mean_size = scenario.mean_size
@@ -310,6 +312,7 @@ class Simulation:
         """What only some runs need on a job's way out: local telemetry counts and jitter."""
         if self.local_view:
             self.view.outstanding[job.frontend][job.backend] += 1
+            self.view.outstanding_work[job.frontend][job.backend] += job.size
         if self.jitter is not None:  # both directions drawn now, in arrival order: reproducible
             delay += self.jitter.next()
             job.return_delay += self.jitter.next()
@@ -329,6 +332,7 @@ class Simulation:
         job = event.payload
         if self.local_view:
             self.view.outstanding[job.frontend][job.backend] -= 1
+            self.view.outstanding_work[job.frontend][job.backend] -= job.size
         self.router.on_response(job.frontend, job)
 
     # -- probes (Prequal) -------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 
+from ..backends.base import EngineState
 from ..view import View
 
 
@@ -42,6 +43,10 @@ class DelayedView(View):
         return seen
 
 
+    def engine_state(self, frontend, backend):
+        return self.backends[backend].engine_state_at(self.env._now - self.delay[frontend][backend])
+
+
 class PeriodicView(View):
     def __init__(self, backends, latency, mean_size, env, period: float):
         super().__init__(backends, latency, mean_size, env)
@@ -53,6 +58,11 @@ class PeriodicView(View):
         sent = math.floor((self.env._now - self.delay[frontend][backend]) / self.period) * self.period
         return self.backends[backend].jobs_at(sent) if sent >= 0.0 else 0
 
+    def engine_state(self, frontend, backend):
+        # Before the first report arrives: the state at t = 0 (nothing resident, every slot free).
+        sent = math.floor((self.env._now - self.delay[frontend][backend]) / self.period) * self.period
+        return self.backends[backend].engine_state_at(max(sent, 0.0))
+
 
 class InstantView(View):
     def jobs(self, frontend, backend):
@@ -63,12 +73,17 @@ class InstantView(View):
         return b.jobs
 
 
+    def engine_state(self, frontend, backend):
+        return self.backends[backend].engine_state_at(self.env._now)
+
+
 class LocalView(View):
     """No telemetry: jobs this frontend sent to the backend and has not heard back from."""
 
     def __init__(self, backends, latency, mean_size, env):
         super().__init__(backends, latency, mean_size, env)
         self.outstanding = [[0] * latency.shape[1] for _ in range(latency.shape[0])]
+        self.outstanding_work = [[0.0] * latency.shape[1] for _ in range(latency.shape[0])]
 
     def jobs(self, frontend, backend):
         return self.outstanding[frontend][backend]
@@ -76,6 +91,10 @@ class LocalView(View):
     def jobs_of(self, frontend, backends):
         row = self.outstanding[frontend]
         return [row[j] for j in backends]
+
+    def engine_state(self, frontend, backend):
+        # Without telemetry a frontend knows only its own unanswered requests: their work (output tokens).
+        return EngineState(self.outstanding_work[frontend][backend], 0, 0)
 
 
 def make_view(mode: str, backends, latency, mean_size, env, period: float) -> View:

@@ -89,6 +89,18 @@ class AdmissionPolicy:
         """pool dispatch: (candidate index, rank) pairs; each candidate at most once, at most free[g] per rank."""
         raise NotImplementedError(f"admission policy '{self.name}' dispatches on arrival, not from a pool")
 
+    @classmethod
+    def check_engine(cls, params: BaseModel, workers: int, slots: int, reveal: int) -> None:
+        """Checks against the engine's shape, run when the scenario is loaded (raise ScenarioError naming the key)."""
+
+    def estimate(self, output: int) -> int:
+        """What the policy will believe of a request's output length (its estimate), drawn once, on arrival.
+
+        Only policies that look ahead override it (bfio's noisy estimates); the
+        default is the true length.
+        """
+        return output
+
     def assign(self, state: RankState, prompt: int, now: float) -> int:
         """on_arrival dispatch: the rank an arriving request is bound to."""
         raise NotImplementedError(f"admission policy '{self.name}' admits from a pool, not on arrival")

@@ -414,3 +414,99 @@ def br0(loads_hat: np.ndarray, prompt: int) -> int:
     room = loads_hat.max() - loads_hat
     score = prompt - len(loads_hat) * np.maximum(prompt - room, 0)
     return int(np.argmax(score))
+
+
+# -- the registered admission policies -----------------------------------------------------
+# Thin wrappers: the rules above are pure functions of arrays; these read an
+# engine's state (:class:`RankState`, :class:`Candidates`) and pass it on.
+from .admission import AdmissionPolicy, Candidates, RankState, register_admission  # noqa: E402
+
+
+@register_admission
+class Bestfit(AdmissionPolicy):
+    """The least-loaded rank with a free slot takes the largest prompt that fits under the current maximum load.
+
+    If none fits, the smallest prompt (:func:`bestfit`).
+    """
+
+    name = "bestfit"
+    Params = BestfitParams
+
+    def admit(self, state: RankState, candidates: Candidates) -> Admissions:
+        return bestfit(state.loads, state.free, candidates.prompt)
+
+
+@register_admission
+class BFIO(AdmissionPolicy):
+    """BF-IO with lookahead H: admissions that keep the projected load envelope flat (:func:`bfio`).
+
+    Chen et al., arXiv:2601.17855. ``H = 0`` reads no output length; ``H > 0``
+    uses estimates ``o * U[1 - noise_low, 1 + noise_high]`` drawn once per
+    request from the backend's stream.
+    """
+
+    name = "bfio"
+    Params = BfioParams
+
+    def estimate(self, output: int) -> int:
+        p: BfioParams = self.params  # type: ignore[assignment]
+        if p.noise_low == 0.0 and p.noise_high == 0.0:
+            return output
+        return int(estimate_outputs(np.array([output]), self.rng, p.noise_low, p.noise_high)[0])
+
+    def admit(self, state: RankState, candidates: Candidates) -> Admissions:
+        p: BfioParams = self.params  # type: ignore[assignment]
+        ahead = p.horizon > 0
+        return bfio(
+            state.loads,
+            state.free,
+            candidates.prompt,
+            state.lengths if ahead else None,
+            state.remaining if ahead else None,
+            candidates.output_estimate if ahead else None,
+            p.horizon,
+            alpha=p.alpha,
+            beta=p.beta,
+            decay=p.decay,
+            greedy_threshold=p.greedy_threshold,
+            candidates=p.candidates,
+            subset_nodes=p.subset_nodes,
+        )
+
+
+@register_admission
+class BFIOExact(AdmissionPolicy):
+    """BF-IO's H = 0 admission solved exactly: fill every free slot, minimise G * M - admitted prompts (HiGHS)."""
+
+    name = "bfio_exact"
+    Params = BfioExactParams
+
+    @classmethod
+    def check_engine(cls, params: BaseModel, workers: int, slots: int, reveal: int) -> None:
+        limit = params.size_limit  # type: ignore[attr-defined]
+        if reveal * workers > limit:
+            from ..errors import ScenarioError
+
+            raise ScenarioError(
+                "admission.size_limit",
+                f"reveal x workers = {reveal * workers} binary variables exceed the limit {limit}: "
+                "raise it (each admission then solves a larger integer program) or reveal fewer requests",
+            )
+
+    def admit(self, state: RankState, candidates: Candidates) -> Admissions:
+        return bfio_exact(state.loads, state.free, candidates.prompt, self.params.size_limit)  # type: ignore[attr-defined]
+
+
+@register_admission
+class BR0(AdmissionPolicy):
+    """BalanceRoute's prediction-free rule: on arrival, the rank maximising s - G * max(s - m_g, 0) (:func:`br0`).
+
+    ``m_g = max_h Lhat_h - Lhat_g`` with ``Lhat`` resident plus queued tokens.
+    """
+
+    name = "br0"
+    Params = Br0Params
+    dispatch = "on_arrival"
+
+    def assign(self, state: RankState, prompt: int, now: float) -> int:
+        return br0(state.loads + state.queued_tokens, prompt)

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from lbsim.errors import ScenarioError
-from lbsim.llm.admission import Candidates, RankState
+from lbsim.llm.admission import AdmissionPolicy, Candidates, RankState
 from lbsim.llm.params import LLMParams
 from lbsim.llm.request import LLMRequest
 from lbsim.llm.steps import StepLog
@@ -161,8 +161,11 @@ class LLMEngine:
         if self.next_event_time <= now:
             raise RuntimeError("advance(now) must be called before arrive(request, now)")
         self.now = now
+        estimates = type(self.policy).estimate is not AdmissionPolicy.estimate
         for request in requests:
             self._check_fits(request)
+            if estimates:
+                request.output_estimate = self.policy.estimate(request.output)
             request._finish_step = -1
             if self.on_arrival:
                 rank = self.policy.assign(self._state(), request.prompt, now)

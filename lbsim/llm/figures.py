@@ -9,6 +9,8 @@ the last step after which anything was admitted.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +59,16 @@ def _quantiles(name: str, values: pd.Series) -> dict[str, float]:
         return {f"{name}_{s}": float("nan") for s in ("mean", "p50", "p90", "p99")}
     p50, p90, p99 = np.quantile(values, [0.5, 0.9, 0.99])
     return {f"{name}_mean": float(values.mean()), f"{name}_p50": float(p50), f"{name}_p90": float(p90), f"{name}_p99": float(p99)}
+
+
+def merge_sums(sums: Sequence[Sums]) -> Sums:
+    """The running sums of several engines as one fleet's (times: the latest; the rest added)."""
+    total = Sums()
+    for one in sums:
+        for f in fields(Sums):
+            value = getattr(one, f.name)
+            setattr(total, f.name, max(total.time, value) if f.name == "time" else getattr(total, f.name) + value)
+    return total
 
 
 def engine_figures(sums: Sums, jobs: pd.DataFrame, preemptions: int) -> dict[str, Any]:

@@ -76,6 +76,10 @@ class LLMParams(BaseModel):
         if "power" in params:
             params["power"] = make_power(params["power"], f"{key}.power")
         made = from_params(cls, params, key, "llm backend")
+        try:
+            made.admission.policy.check_engine(made.admission.params, made.workers, made.slots, made.look_ahead)
+        except ScenarioError as err:
+            raise ScenarioError(f"{key}.{err.key}", err.message) from None
         if made.admission.dispatch != made.dispatch:
             raise ScenarioError(
                 f"{key}.admission.name",
