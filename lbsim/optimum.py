@@ -159,7 +159,8 @@ def optimum(scenario: Any, **options: Any) -> Optimum:
     fl = getattr(scenario, "frontend_label", None)
     bl = getattr(scenario, "backend_label", None)
     return solve(
-        scenario.rate_functions("the optimum"),
+        # (a Scenario names a backend without mu; any object with ``service_rates`` will do)
+        scenario.rate_functions("the optimum") if hasattr(scenario, "rate_functions") else scenario.service_rates,
         scenario.demand,
         scenario.latency,
         scenario.connect,

@@ -483,6 +483,8 @@ class Scenario(_Table):
         """The scenario as plain TOML-able data (what :meth:`from_dict` accepts)."""
         data = self.model_dump(mode="python", exclude_none=True)
         data["backends"] = [b.to_dict() for b in self.backends]
+        if self.network.delay_key == "network.latency":  # keep the spelling it was given in
+            data["network"]["latency"] = data["network"].pop("delay")
         return data
 
 
