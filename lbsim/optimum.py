@@ -154,14 +154,14 @@ class Optimum:
 
 
 def optimum(scenario: Any, **options: Any) -> Optimum:
-    """The optimum of a scenario: reads ``demand``, ``latency``, ``connect`` and ``service_rates``."""
+    """The optimum of a scenario: reads ``demand``, ``delay``, ``connect`` and ``service_rates``."""
     F, B = np.shape(scenario.connect)
     fl = getattr(scenario, "frontend_label", None)
     bl = getattr(scenario, "backend_label", None)
     return solve(
         scenario.rate_functions("the optimum"),
         scenario.demand,
-        scenario.latency,
+        scenario.delay,
         scenario.connect,
         frontend_labels=[fl(i) for i in range(F)] if callable(fl) else None,
         backend_labels=[bl(j) for j in range(B)] if callable(bl) else None,
@@ -172,7 +172,7 @@ def optimum(scenario: Any, **options: Any) -> Optimum:
 def solve(
     rates: Sequence[RateFamily],
     demand: np.ndarray,
-    latency: np.ndarray,
+    delay: np.ndarray,
     connect: np.ndarray,
     tol: float = 1e-9,
     *,
@@ -180,7 +180,7 @@ def solve(
     frontend_labels: Sequence[str] | None = None,
     backend_labels: Sequence[str] | None = None,
 ) -> Optimum:
-    """The optimal static split for ``demand`` (F,), one-way ``latency`` (F, B), ``connect`` (F, B).
+    """The optimal static split for ``demand`` (F,), one-way ``delay`` d_ij (F, B), ``connect`` (F, B).
 
     ``rates[j]`` is backend ``j``'s service rate. ``tol`` is the relative KKT
     tolerance of the result: every edge with ``p_ij > 1e-9`` costs ``2 d_ij +
@@ -192,13 +192,13 @@ def solve(
     """
     start = time.perf_counter()
     demand = np.asarray(demand, dtype=float)
-    latency = np.asarray(latency, dtype=float)
+    delay = np.asarray(delay, dtype=float)
     connect = np.asarray(connect, dtype=bool)
-    F, B = _check_inputs(rates, demand, latency, connect)
+    F, B = _check_inputs(rates, demand, delay, connect)
     flabel = list(frontend_labels) if frontend_labels is not None else [str(i) for i in range(F)]
     blabel = list(backend_labels) if backend_labels is not None else [str(j) for j in range(B)]
     backends = _Backends(rates)
-    cost = np.where(connect, 2.0 * latency, 0.0)
+    cost = np.where(connect, 2.0 * delay, 0.0)
 
     # Work in normalised flows (total demand 1); frontends without demand and
     # backends nobody can reach are left out of the optimisation.
@@ -251,14 +251,14 @@ def solve(
     )
 
 
-def kkt_violation(opt: Optimum, latency: np.ndarray, connect: np.ndarray, used: float = USED) -> float:
+def kkt_violation(opt: Optimum, delay: np.ndarray, connect: np.ndarray, used: float = USED) -> float:
     """The largest relative excess ``(2 d_ij + pi_j - nu_i) / nu_i`` over edges with ``p_ij > used``.
 
     With ``nu_i = min_j 2 d_ij + pi_j`` no connected edge is cheaper than
     ``nu_i``, so this one number measures the KKT conditions.
     """
     connect = np.asarray(connect, dtype=bool)
-    cost = np.where(connect, 2.0 * np.asarray(latency, dtype=float) + opt.price[None, :], np.inf)
+    cost = np.where(connect, 2.0 * np.asarray(delay, dtype=float) + opt.price[None, :], np.inf)
     return _excess(cost, opt.routing > used)
 
 
@@ -284,23 +284,23 @@ def _excess(cost: np.ndarray, used: np.ndarray) -> float:
 
 
 def _check_inputs(
-    rates: Sequence[RateFamily], demand: np.ndarray, latency: np.ndarray, connect: np.ndarray
+    rates: Sequence[RateFamily], demand: np.ndarray, delay: np.ndarray, connect: np.ndarray
 ) -> tuple[int, int]:
     if demand.ndim != 1:
         raise ScenarioError("frontends", f"demand must be a vector, got shape {demand.shape}")
     F, B = demand.size, len(rates)
     if F == 0 or B == 0:
         raise ScenarioError("frontends" if F == 0 else "backends", "needs at least one entry")
-    if latency.shape != (F, B):
-        raise ScenarioError("network.latency", f"must be {F} x {B}, got shape {latency.shape}")
+    if delay.shape != (F, B):
+        raise ScenarioError("network.delay", f"must be {F} x {B}, got shape {delay.shape}")
     if connect.shape != (F, B):
         raise ScenarioError("network.connect", f"must be {F} x {B}, got shape {connect.shape}")
     if not np.all(np.isfinite(demand)) or np.any(demand < 0):
         raise ScenarioError("frontends", "rates must be finite and >= 0")
     if demand.sum() <= 0:
         raise ScenarioError("frontends", "total demand is zero: the optimum is undefined")
-    if not np.all(np.isfinite(latency[connect])) or np.any(latency[connect] < 0):
-        raise ScenarioError("network.latency", "must be finite and >= 0")
+    if not np.all(np.isfinite(delay[connect])) or np.any(delay[connect] < 0):
+        raise ScenarioError("network.delay", "must be finite and >= 0")
     lonely = np.flatnonzero(~connect.any(axis=1))
     if lonely.size:
         raise ScenarioError(f"network.connect[{lonely[0]}]", "frontend has no usable backend")

@@ -138,17 +138,17 @@ class FluidModel:
         self.connect = scenario.connect
         #: the connect mask, or None when every frontend may use every backend (no masking needed)
         self.allowed = None if self.connect.all() else self.connect
-        self.latency = scenario.latency
-        self.round_trip = 2.0 * self.latency
+        self.delay = scenario.delay
+        self.round_trip = 2.0 * self.delay
         self.rates = RateVector(scenario.service_rates)
         self.band = band
         net = scenario.network
         jitter = net.jitter_distribution
         #: transit delay of a request: d_ij plus the mean jitter (the fluid sees delays through their mean)
-        self.transit = self.latency + (jitter[1] if jitter is not None else 0.0)
+        self.transit = self.delay + (jitter[1] if jitter is not None else 0.0)
         self.telemetry = net.telemetry
         self.period = net.period
-        self.observation = np.zeros_like(self.latency) if net.telemetry == "instant" else self.latency
+        self.observation = np.zeros_like(self.delay) if net.telemetry == "instant" else self.delay
         limits = [b.max_load if b.max_load is not None else math.inf for b in scenario.backends]
         self.max_load = np.array(limits) if any(math.isfinite(v) for v in limits) else None
         self.x0 = self._initial_state(x0)

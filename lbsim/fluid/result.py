@@ -85,7 +85,7 @@ class FluidResult:
         load = self.final_load if load is None else load
         split = self.final_split if split is None else split
         flow = self.scenario.demand[:, None] * split
-        network = float((flow * 2.0 * self.scenario.latency).sum())
+        network = float((flow * 2.0 * self.scenario.delay).sum())
         return (network + float(np.sum(load))) / float(flow.sum())
 
     def steady_mean_latency(self, split: np.ndarray | None = None) -> float:

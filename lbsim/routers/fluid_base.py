@@ -96,7 +96,7 @@ class FluidContext(Protocol):
         ...
 
     @property
-    def latency(self) -> np.ndarray:
+    def delay(self) -> np.ndarray:
         """(F, B) one-way delays d_ij."""
         ...
 
@@ -186,7 +186,7 @@ class FluidRouter:
         ctx = RouterContext(
             num_frontends=model.num_frontends,
             num_backends=model.num_backends,
-            latency=model.scenario.latency,
+            delay=model.delay,
             connect=model.connect,
             rates=model.scenario.service_rates,
             mean_size=model.scenario.mean_size,
