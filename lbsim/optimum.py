@@ -1,4 +1,4 @@
-"""The centralized optimal static split (DESIGN.md section 2).
+"""The centralized optimal static split (docs/model.md section 2).
 
 With flows ``f_ij = lambda_i p_ij`` and backend arrival rates
 ``Lambda_j = sum_i f_ij`` the problem is

@@ -1,6 +1,6 @@
 """Statistics for simulation output: warm-up, percentiles, confidence intervals.
 
-Two kinds of output come out of a run (DESIGN.md section 3): the jobs table,
+Two kinds of output come out of a run (docs/model.md section 3): the jobs table,
 one row per completed job (``t_arrival``, ``latency``, ``sojourn``, ...), and
 the time series (``t``, ``backend``, ``load``, ``jobs``). Both are
 autocorrelated and start in a transient, so:

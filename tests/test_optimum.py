@@ -1,6 +1,6 @@
 """The centralized optimum against independent facts.
 
-* The KKT conditions (DESIGN.md section 2), recomputed here from the rate
+* The KKT conditions (docs/model.md section 2), recomputed here from the rate
   families: every used edge of a frontend costs ``2 d_ij + pi_j`` equal to the
   frontend's cheapest connected edge, with ``pi_j = 1/mu_j'(mu_j^{-1}(Lambda_j))``
   plus a capacity price that may be nonzero only at a backend held at its
