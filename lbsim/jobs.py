@@ -14,7 +14,11 @@ class Job:
     arrival on the hot path.
     """
 
-    __slots__ = ("job_id", "frontend", "size", "t_arrival", "backend", "t_backend_arrival", "return_delay")
+    __slots__ = ("backend", "frontend", "job_id", "return_delay", "size", "t_arrival", "t_backend_arrival")
+    # set on the way, not in __init__ (declared here for type checkers; no class attribute is created)
+    backend: int
+    return_delay: float
+    t_backend_arrival: float
 
     def __init__(self, job_id: int, frontend: int, size: float, t_arrival: float):
         self.job_id = job_id

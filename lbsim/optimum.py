@@ -85,7 +85,7 @@ import scipy.sparse.csgraph
 from .errors import ScenarioError
 from .rates import RateFamily
 
-__all__ = ["Optimum", "solve", "optimum", "kkt_violation"]
+__all__ = ["Optimum", "kkt_violation", "optimum", "solve"]
 
 # Routing entries below this are "unused" for the KKT statement (as in the tests).
 USED = 1e-9
@@ -366,7 +366,7 @@ class _Backends:
         return np.where(h > 0, np.maximum(out, 0.0), 0.0)
 
 
-def _stack(cls: type, members: list[RateFamily]) -> tuple[Any, set[str]]:
+def _stack(cls: type[RateFamily], members: list[RateFamily]) -> tuple[Any, set[str]]:
     """One family whose parameters are arrays over ``members``, and the methods it computes identically.
 
     Stacking relies on the family's code being elementwise, not on parameter
@@ -375,12 +375,12 @@ def _stack(cls: type, members: list[RateFamily]) -> tuple[Any, set[str]]:
     """
     try:
         fields = list(cls.model_fields)
-        full = cls.model_construct(**{k: np.array([float(getattr(m, k)) for m in members]) for k in fields})
+        full = cls.model_construct(None, **{k: np.array([float(getattr(m, k)) for m in members]) for k in fields})
         probe = sorted({0, len(members) // 3, 2 * len(members) // 3, len(members) - 1})
         sample = [members[i] for i in probe]
-        stacked = cls.model_construct(**{k: np.array([float(getattr(m, k)) for m in sample]) for k in fields})
+        stacked = cls.model_construct(None, **{k: np.array([float(getattr(m, k)) for m in sample]) for k in fields})
         caps = np.array([float(m.supremum) for m in sample])
-    except Exception:  # noqa: BLE001 - any failure means "evaluate one by one"
+    except Exception:
         return None, set()
     bounded = np.isfinite(caps)
     points = {
@@ -397,7 +397,7 @@ def _stack(cls: type, members: list[RateFamily]) -> tuple[Any, set[str]]:
                             rtol=1e-13, atol=0.0, equal_nan=True)
                 for x in inputs
             )
-        except Exception:  # noqa: BLE001 - e.g. a family that branches on a parameter
+        except Exception:
             same = False
         if same:
             methods.add(method)
@@ -462,7 +462,8 @@ def _initial_flow(lam, cap, mask, rows, cols, demand, capacity, flabel, blabel) 
     a_eq = scipy.sparse.coo_matrix((np.ones(E), (ei, np.arange(E))), shape=(F, E + 1)).tocsr()
     objective = np.zeros(E + 1)
     objective[E] = 1.0
-    lp = scipy.optimize.linprog(objective, A_ub=a_ub, b_ub=np.zeros(fin.size), A_eq=a_eq, b_eq=lam,
+    # scipy-stubs type A_ub/A_eq as dense arrays only; HiGHS takes the sparse matrices as documented
+    lp = scipy.optimize.linprog(objective, A_ub=a_ub, b_ub=np.zeros(fin.size), A_eq=a_eq, b_eq=lam,  # type: ignore[call-overload]
                                 bounds=(0, None), method="highs")
     if lp.status != 0:
         raise RuntimeError(f"feasibility LP failed: {lp.message}")
@@ -696,7 +697,7 @@ def _interior_point(c, mask, lam, cap, f, backends, gap: float, max_iter: int = 
     s = np.where(mask, full - nu[:, None], 0.0)
     iterations = 0
     best, since = None, 0
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007  (returned: the count of Newton steps)
         flow = f.sum(axis=0)
         g = backends.marginal(flow)
         curvature = backends.curvature(flow)

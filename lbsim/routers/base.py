@@ -112,7 +112,7 @@ class Router:
 
     _UNIFORM_BATCH = 4096
 
-    def __init__(self, params: BaseModel, ctx: RouterContext):
+    def __init__(self, params: BaseModel, ctx: RouterContext) -> None:
         self.params = params
         self.ctx = ctx
         self.neighbours = [[int(j) for j in row] for row in ctx.neighbours]

@@ -199,7 +199,9 @@ class FluidRouter:
         return make_router(self.name, self.params.model_dump(), ctx)
 
 
-def tie_split(cost: np.ndarray, allowed: np.ndarray | None, eps: float, support: np.ndarray | None = None) -> np.ndarray:
+def tie_split(
+    cost: np.ndarray, allowed: np.ndarray | None, eps: float, support: np.ndarray | None = None
+) -> np.ndarray:
     """The band-regularised argmin of each row of ``cost`` over ``allowed``: ``Proj_simplex(-(c - min c)/eps)``.
 
     ``allowed=None`` allows every entry. ``eps = 0`` is the plain argmin with

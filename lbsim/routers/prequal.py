@@ -279,7 +279,10 @@ class Prequal(Router):
         return ordered[min(max(k, 0), len(ordered) - 1)]
 
     def select(self, pool: dict[int, PoolEntry], threshold: float) -> PoolEntry:
-        """The entry HCL picks: the cold one with the lowest (sojourn estimate, RIF), else the lowest RIF (ties at random)."""
+        """The entry HCL picks: the cold one with the lowest (sojourn estimate, RIF), else the lowest RIF.
+
+        Ties are broken at random.
+        """
         cold = [e for e in pool.values() if e.rif <= threshold]
         if cold:
             best = min(cold, key=_COLD_ORDER)
@@ -412,7 +415,7 @@ class SojournByRif:
     nothing answers NaN.
     """
 
-    __slots__ = ("window", "timeout", "clock", "last_done", "_windows", "_medians", "_known", "_tags")
+    __slots__ = ("_known", "_medians", "_tags", "_windows", "clock", "last_done", "timeout", "window")
 
     def __init__(self, window: int = 16, timeout: float = math.inf, clock: Callable[[], float] | None = None):
         if window < 1:
