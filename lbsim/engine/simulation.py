@@ -38,7 +38,7 @@ from .records import JobRecords, LatencyRecords, SampleRecords, SplitRecords
 from .telemetry import LocalView, make_view
 
 #: Subsystems that draw random numbers, each from its own spawned stream
-#: (DESIGN.md invariant 4). The order is part of the reproducibility contract.
+#: (docs/model.md invariant 4). The order is part of the reproducibility contract.
 STREAMS = ("arrivals", "sizes", "router", "network", "antagonist")
 
 _new = object.__new__
@@ -135,7 +135,7 @@ class Simulation:
         ctx = RouterContext(
             num_frontends=F,
             num_backends=B,
-            latency=latency,
+            delay=latency,
             connect=scenario.connect,
             rates=scenario.service_rates,
             mean_size=self.mean_size,
