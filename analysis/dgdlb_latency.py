@@ -45,20 +45,20 @@ def spec(settings: Settings) -> dict:
         data["seeds"] = 1
         data["routers"] = ["dgdlb", "gmsr:variant=latency", "jsq"]
         data["set"] = {**data["set"], "simulation.horizon": 60.0, "simulation.warmup": 20.0}
-        data["grid"] = {"network.latency": [data["grid"]["network.latency"][k] for k in (1, 4)]}
+        data["grid"] = {"network.delay": [data["grid"]["network.delay"][k] for k in (1, 4)]}
     return data
 
 
 def run(settings: Settings) -> Section:
     data = spec(settings)
     results = sweep(data, settings.data / "dgdlb_latency", workers=settings.workers, progress=False)
-    results["m"] = results["network.latency"].map(multiplier)
+    results["m"] = results["network.delay"].map(multiplier)
 
     base = lbsim.load_scenario(data["scenario"], warn=False)
     fixed = data["set"]
     scenarios = {}
-    for latency in data["grid"]["network.latency"]:
-        scenarios[multiplier(latency)] = base.replace(**fixed, **{"network.latency": latency})
+    for latency in data["grid"]["network.delay"]:
+        scenarios[multiplier(latency)] = base.replace(**fixed, **{"network.delay": latency})
     optimum = {m: lbsim.optimum(s).mean_latency for m, s in scenarios.items()}
     results["optimum"] = results["m"].map(optimum)
     results["ratio"] = results["mean_latency"] / results["optimum"]

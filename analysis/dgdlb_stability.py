@@ -1,7 +1,7 @@
 """DGD-LB's step size against its stability limit: the measured threshold next to the predicted one.
 
 Scenario ``dgdlb_step.toml``: one frontend, two identical pools 500 ms away.
-ALGORITHMS.md linearises the loop to ``D'' + a D' + K D(t - T) = 0`` and
+docs/routers.md (DGD-LB, "Stability limit") linearises the loop to ``D'' + a D' + K D(t - T) = 0`` and
 predicts the largest stable step (``lbsim.routers.dgdlb.dgdlb_critical_step``:
 0.1344 here). We measure it two ways, always as "does the split's
 oscillation decay after a perturbation?": the ratio of the RMS of
@@ -105,7 +105,7 @@ def run(settings: Settings) -> Section:
     scenario = lbsim.load_scenario(SCENARIOS / "dgdlb_step.toml", warn=False)
     opt = lbsim.optimum(scenario)
     x_star = float(opt.load[0])
-    delay = float(scenario.latency[0, 0])
+    delay = float(scenario.delay[0, 0])
     predicted = dgdlb_critical_step(scenario.service_rates[0], x_star, float(scenario.demand[0]), delay)
 
     # Fluid: bisection (small perturbation), and the ratio curves for the figure.
@@ -184,7 +184,7 @@ def run(settings: Settings) -> Section:
 
     table = pd.DataFrame(
         [
-            {"method": "linearised prediction (ALGORITHMS.md)", "critical step": predicted, "/ predicted": 1.0},
+            {"method": "linearised prediction (docs/routers.md)", "critical step": predicted, "/ predicted": 1.0},
             {"method": "fluid model, 0.1% imbalance (bisection)", "critical step": fluid_threshold,
              "/ predicted": fluid_threshold / predicted},
             {"method": "fluid model, kick (scan)", "critical step": kicked_threshold,

@@ -65,7 +65,7 @@ def wide_scenario(backends: int, jobs: int, capacity: float | None = None) -> lb
             },
             "frontends": [{"rate": 0.75 * capacity / 4}] * 4,
             "backends": [{"service": {"kind": "saturating", "c": c, "k": c / 3}}] * backends,
-            "network": {"latency": rng.uniform(0.005, 0.08, size=(4, backends)).tolist()},
+            "network": {"delay": rng.uniform(0.005, 0.08, size=(4, backends)).tolist()},
             "router": {"name": "power_of_d", "d": 2},
         }
     )  # fmt: skip

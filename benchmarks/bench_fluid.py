@@ -34,7 +34,7 @@ from lbsim.fluid import fluid
 def big_scenario(frontends: int = 100, backends: int = 1000, seed: int = 7, utilisation: float = 0.7) -> lbsim.Scenario:
     rng = np.random.default_rng(seed)
     capacity = rng.uniform(1.0, 3.0, backends)
-    latency = rng.uniform(0.005, 0.080, (frontends, backends))
+    delay = rng.uniform(0.005, 0.080, (frontends, backends))
     demand = utilisation * capacity.sum() / frontends
     return lbsim.Scenario.from_dict(
         {
@@ -42,7 +42,7 @@ def big_scenario(frontends: int = 100, backends: int = 1000, seed: int = 7, util
             "simulation": {"horizon": 1000.0, "warmup": 100.0, "sample_interval": 1.0},
             "frontends": [{"rate": float(demand)} for _ in range(frontends)],
             "backends": [{"service": {"kind": "saturating", "c": float(c), "k": 1.0}} for c in capacity],
-            "network": {"latency": latency.tolist()},
+            "network": {"delay": delay.tolist()},
             "router": {"name": "dgdlb"},
         }
     )

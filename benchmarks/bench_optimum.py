@@ -43,10 +43,10 @@ def instance(frontends: int, backends: int, load: float, seed: int):
     rng = np.random.default_rng(seed)
     rates = [backend(rng, KINDS[j % len(KINDS)]) for j in range(backends)]
     capacity = sum(r.supremum if math.isfinite(r.supremum) else float(r.value(4.0)) for r in rates)
-    latency = rng.uniform(0.005, 0.080, (frontends, backends))
+    delay = rng.uniform(0.005, 0.080, (frontends, backends))
     weight = rng.uniform(0.5, 1.5, frontends)
     demand = load * capacity * weight / weight.sum()
-    return rates, demand, latency, np.ones((frontends, backends), bool)
+    return rates, demand, delay, np.ones((frontends, backends), bool)
 
 
 def main() -> None:
@@ -57,17 +57,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    rates, demand, latency, connect = instance(args.frontends, args.backends, args.load, args.seed)
+    rates, demand, delay, connect = instance(args.frontends, args.backends, args.load, args.seed)
     times = []
     for _ in range(args.repeat):
         started = time.perf_counter()
-        opt = solve(rates, demand, latency, connect)
+        opt = solve(rates, demand, delay, connect)
         times.append(time.perf_counter() - started)
     used = int((opt.routing > 1e-9).sum())
     print(f"optimum {args.frontends} frontends x {args.backends} backends (dense, load {args.load:g})")
     print(f"  wall time      {min(times):.2f} s (best of {args.repeat}; all: {', '.join(f'{t:.2f}' for t in times)})")
     print(f"  iterations     {opt.iterations} (interior point + polish Newton steps)")
-    print(f"  KKT violation  {kkt_violation(opt, latency, connect):.1e} (relative, max over used edges)")
+    print(f"  KKT violation  {kkt_violation(opt, delay, connect):.1e} (relative, max over used edges)")
     print(f"  mean latency   {opt.mean_latency:.6f} s (network {opt.mean_network:.4f}, sojourn {opt.mean_sojourn:.4f})")
     print(f"  used edges     {used} of {connect.size}; backends at capacity: {int((opt.capacity_price > 0).sum())}")
 

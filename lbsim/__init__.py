@@ -42,5 +42,4 @@ from .fluid import fluid  # noqa: E402
 from .optimum import optimum  # noqa: E402
 from .scaling import scaling  # noqa: E402
 
-
 __all__ = ["Result", "Scenario", "ScenarioError", "fluid", "load_scenario", "optimum", "scaling", "simulate"]

@@ -248,7 +248,7 @@ def distributions(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the optimum as JSON")
 @user_errors
 def optimum(scenario, overrides, as_json):
-    """The centralized optimal static split of SCENARIO (DESIGN.md section 2)."""
+    """The centralized optimal static split of SCENARIO (docs/model.md section 2)."""
     from .optimum import optimum as solve
 
     s = _load(scenario, overrides)

@@ -11,7 +11,7 @@ class Wakeup:
     ``payload`` carries what the callback needs (a job, a version number).
     """
 
-    __slots__ = ("callbacks", "payload", "_ok")
+    __slots__ = ("_ok", "callbacks", "payload")
 
     def __init__(self, callback, payload=None):
         self.callbacks = [callback]

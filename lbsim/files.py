@@ -21,7 +21,7 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], *, sync: bool = False) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], object], *, sync: bool = False) -> None:
     """Call ``write(tmp)`` then rename ``tmp`` to ``path``; ``sync`` also survives a power cut."""
     path = Path(path)
     tmp = temporary_name(path)

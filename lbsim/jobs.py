@@ -15,8 +15,14 @@ class Job:
     """
 
     __slots__ = (
-        "job_id", "frontend", "size", "t_arrival", "backend", "t_backend_arrival", "return_delay", "prompt", "output",
+        "backend", "frontend", "job_id", "output", "prompt", "return_delay", "size", "t_arrival", "t_backend_arrival",
     )  # fmt: skip
+    # set on the way, not in __init__ (declared here for type checkers; no class attribute is created)
+    backend: int
+    return_delay: float
+    t_backend_arrival: float
+    prompt: int  # with token workloads only
+    output: int
 
     def __init__(self, job_id: int, frontend: int, size: float, t_arrival: float):
         self.job_id = job_id

@@ -1,4 +1,4 @@
-"""The centralized optimal static split (DESIGN.md section 2).
+"""The centralized optimal static split (docs/model.md section 2).
 
 With flows ``f_ij = lambda_i p_ij`` and backend arrival rates
 ``Lambda_j = sum_i f_ij`` the problem is
@@ -85,7 +85,7 @@ import scipy.sparse.csgraph
 from .errors import ScenarioError
 from .rates import RateFamily
 
-__all__ = ["Optimum", "solve", "optimum", "kkt_violation"]
+__all__ = ["Optimum", "kkt_violation", "optimum", "solve"]
 
 # Routing entries below this are "unused" for the KKT statement (as in the tests).
 USED = 1e-9
@@ -154,7 +154,7 @@ class Optimum:
 
 
 def optimum(scenario: Any, **options: Any) -> Optimum:
-    """The optimum of a scenario: reads ``demand``, ``latency``, ``connect`` and ``service_rates``."""
+    """The optimum of a scenario: reads ``demand``, ``delay``, ``connect`` and ``service_rates``."""
     F, B = np.shape(scenario.connect)
     fl = getattr(scenario, "frontend_label", None)
     bl = getattr(scenario, "backend_label", None)
@@ -162,7 +162,7 @@ def optimum(scenario: Any, **options: Any) -> Optimum:
         # (a Scenario names a backend without mu; any object with ``service_rates`` will do)
         scenario.rate_functions("the optimum") if hasattr(scenario, "rate_functions") else scenario.service_rates,
         scenario.demand,
-        scenario.latency,
+        scenario.delay,
         scenario.connect,
         frontend_labels=[fl(i) for i in range(F)] if callable(fl) else None,
         backend_labels=[bl(j) for j in range(B)] if callable(bl) else None,
@@ -173,7 +173,7 @@ def optimum(scenario: Any, **options: Any) -> Optimum:
 def solve(
     rates: Sequence[RateFamily],
     demand: np.ndarray,
-    latency: np.ndarray,
+    delay: np.ndarray,
     connect: np.ndarray,
     tol: float = 1e-9,
     *,
@@ -181,7 +181,7 @@ def solve(
     frontend_labels: Sequence[str] | None = None,
     backend_labels: Sequence[str] | None = None,
 ) -> Optimum:
-    """The optimal static split for ``demand`` (F,), one-way ``latency`` (F, B), ``connect`` (F, B).
+    """The optimal static split for ``demand`` (F,), one-way ``delay`` d_ij (F, B), ``connect`` (F, B).
 
     ``rates[j]`` is backend ``j``'s service rate. ``tol`` is the relative KKT
     tolerance of the result: every edge with ``p_ij > 1e-9`` costs ``2 d_ij +
@@ -193,13 +193,13 @@ def solve(
     """
     start = time.perf_counter()
     demand = np.asarray(demand, dtype=float)
-    latency = np.asarray(latency, dtype=float)
+    delay = np.asarray(delay, dtype=float)
     connect = np.asarray(connect, dtype=bool)
-    F, B = _check_inputs(rates, demand, latency, connect)
+    F, B = _check_inputs(rates, demand, delay, connect)
     flabel = list(frontend_labels) if frontend_labels is not None else [str(i) for i in range(F)]
     blabel = list(backend_labels) if backend_labels is not None else [str(j) for j in range(B)]
     backends = _Backends(rates)
-    cost = np.where(connect, 2.0 * latency, 0.0)
+    cost = np.where(connect, 2.0 * delay, 0.0)
 
     # Work in normalised flows (total demand 1); frontends without demand and
     # backends nobody can reach are left out of the optimisation.
@@ -252,14 +252,14 @@ def solve(
     )
 
 
-def kkt_violation(opt: Optimum, latency: np.ndarray, connect: np.ndarray, used: float = USED) -> float:
+def kkt_violation(opt: Optimum, delay: np.ndarray, connect: np.ndarray, used: float = USED) -> float:
     """The largest relative excess ``(2 d_ij + pi_j - nu_i) / nu_i`` over edges with ``p_ij > used``.
 
     With ``nu_i = min_j 2 d_ij + pi_j`` no connected edge is cheaper than
     ``nu_i``, so this one number measures the KKT conditions.
     """
     connect = np.asarray(connect, dtype=bool)
-    cost = np.where(connect, 2.0 * np.asarray(latency, dtype=float) + opt.price[None, :], np.inf)
+    cost = np.where(connect, 2.0 * np.asarray(delay, dtype=float) + opt.price[None, :], np.inf)
     return _excess(cost, opt.routing > used)
 
 
@@ -285,23 +285,23 @@ def _excess(cost: np.ndarray, used: np.ndarray) -> float:
 
 
 def _check_inputs(
-    rates: Sequence[RateFamily], demand: np.ndarray, latency: np.ndarray, connect: np.ndarray
+    rates: Sequence[RateFamily], demand: np.ndarray, delay: np.ndarray, connect: np.ndarray
 ) -> tuple[int, int]:
     if demand.ndim != 1:
         raise ScenarioError("frontends", f"demand must be a vector, got shape {demand.shape}")
     F, B = demand.size, len(rates)
     if F == 0 or B == 0:
         raise ScenarioError("frontends" if F == 0 else "backends", "needs at least one entry")
-    if latency.shape != (F, B):
-        raise ScenarioError("network.latency", f"must be {F} x {B}, got shape {latency.shape}")
+    if delay.shape != (F, B):
+        raise ScenarioError("network.delay", f"must be {F} x {B}, got shape {delay.shape}")
     if connect.shape != (F, B):
         raise ScenarioError("network.connect", f"must be {F} x {B}, got shape {connect.shape}")
     if not np.all(np.isfinite(demand)) or np.any(demand < 0):
         raise ScenarioError("frontends", "rates must be finite and >= 0")
     if demand.sum() <= 0:
         raise ScenarioError("frontends", "total demand is zero: the optimum is undefined")
-    if not np.all(np.isfinite(latency[connect])) or np.any(latency[connect] < 0):
-        raise ScenarioError("network.latency", "must be finite and >= 0")
+    if not np.all(np.isfinite(delay[connect])) or np.any(delay[connect] < 0):
+        raise ScenarioError("network.delay", "must be finite and >= 0")
     lonely = np.flatnonzero(~connect.any(axis=1))
     if lonely.size:
         raise ScenarioError(f"network.connect[{lonely[0]}]", "frontend has no usable backend")
@@ -367,7 +367,7 @@ class _Backends:
         return np.where(h > 0, np.maximum(out, 0.0), 0.0)
 
 
-def _stack(cls: type, members: list[RateFamily]) -> tuple[Any, set[str]]:
+def _stack(cls: type[RateFamily], members: list[RateFamily]) -> tuple[Any, set[str]]:
     """One family whose parameters are arrays over ``members``, and the methods it computes identically.
 
     Stacking relies on the family's code being elementwise, not on parameter
@@ -376,12 +376,12 @@ def _stack(cls: type, members: list[RateFamily]) -> tuple[Any, set[str]]:
     """
     try:
         fields = list(cls.model_fields)
-        full = cls.model_construct(**{k: np.array([float(getattr(m, k)) for m in members]) for k in fields})
+        full = cls.model_construct(None, **{k: np.array([float(getattr(m, k)) for m in members]) for k in fields})
         probe = sorted({0, len(members) // 3, 2 * len(members) // 3, len(members) - 1})
         sample = [members[i] for i in probe]
-        stacked = cls.model_construct(**{k: np.array([float(getattr(m, k)) for m in sample]) for k in fields})
+        stacked = cls.model_construct(None, **{k: np.array([float(getattr(m, k)) for m in sample]) for k in fields})
         caps = np.array([float(m.supremum) for m in sample])
-    except Exception:  # noqa: BLE001 - any failure means "evaluate one by one"
+    except Exception:
         return None, set()
     bounded = np.isfinite(caps)
     points = {
@@ -398,7 +398,7 @@ def _stack(cls: type, members: list[RateFamily]) -> tuple[Any, set[str]]:
                             rtol=1e-13, atol=0.0, equal_nan=True)
                 for x in inputs
             )
-        except Exception:  # noqa: BLE001 - e.g. a family that branches on a parameter
+        except Exception:
             same = False
         if same:
             methods.add(method)
@@ -463,7 +463,8 @@ def _initial_flow(lam, cap, mask, rows, cols, demand, capacity, flabel, blabel) 
     a_eq = scipy.sparse.coo_matrix((np.ones(E), (ei, np.arange(E))), shape=(F, E + 1)).tocsr()
     objective = np.zeros(E + 1)
     objective[E] = 1.0
-    lp = scipy.optimize.linprog(objective, A_ub=a_ub, b_ub=np.zeros(fin.size), A_eq=a_eq, b_eq=lam,
+    # scipy-stubs type A_ub/A_eq as dense arrays only; HiGHS takes the sparse matrices as documented
+    lp = scipy.optimize.linprog(objective, A_ub=a_ub, b_ub=np.zeros(fin.size), A_eq=a_eq, b_eq=lam,  # type: ignore[call-overload]
                                 bounds=(0, None), method="highs")
     if lp.status != 0:
         raise RuntimeError(f"feasibility LP failed: {lp.message}")
@@ -697,7 +698,7 @@ def _interior_point(c, mask, lam, cap, f, backends, gap: float, max_iter: int = 
     s = np.where(mask, full - nu[:, None], 0.0)
     iterations = 0
     best, since = None, 0
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007  (returned: the count of Newton steps)
         flow = f.sum(axis=0)
         g = backends.marginal(flow)
         curvature = backends.curvature(flow)

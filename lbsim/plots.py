@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 __all__ = [
     "STATISTICS",
@@ -126,7 +127,8 @@ def plain_log_ticks(axis) -> None:
 def _ecdf_points(values: np.ndarray, points: int = 1000) -> pd.DataFrame:
     """The ECDF at about ``2 * points`` order statistics: even in probability, and log-spaced in the tail.
 
-    The ECDF is :func:`lbsim.stats.ecdf`'s (non-finite values dropped). Plotting every job of a million-job run is slow and draws nothing more;
+    The ECDF is :func:`lbsim.stats.ecdf`'s (non-finite values dropped). Plotting every job of a
+    million-job run is slow and draws nothing more;
     the tail points keep the CCDF exact down to ``1/n``.
     """
     from .stats import ecdf
@@ -341,7 +343,9 @@ def percentile_bars(
         estimate = np.array([row[s] for s in statistics], dtype=float)
         low = np.array([row.get(f"{s}_low", np.nan) for s in statistics], dtype=float)
         high = np.array([row.get(f"{s}_high", np.nan) for s in statistics], dtype=float)
-        error = np.vstack([np.where(np.isfinite(low), estimate - low, 0), np.where(np.isfinite(high), high - estimate, 0)])
+        error = np.vstack(
+            [np.where(np.isfinite(low), estimate - low, 0), np.where(np.isfinite(high), high - estimate, 0)]
+        )
         x = centres - 0.4 + width * (k + 0.5)
         ax.bar(x, estimate, width=width, color=colours[group], label=str(group), yerr=np.maximum(error, 0),
                error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.2"})  # fmt: skip
@@ -451,7 +455,10 @@ def routing_splits(
             handles.append(line)
             labels.append(text)
     ax.legend(handles, labels, fontsize="small", ncols=2 if len(edges) > 6 else 1)
-    title = "routing split" if frontend is None else f"routing split of {frontend_names[frontend] if frontend_names else f'frontend {frontend}'}"
+    if frontend is None:
+        title = "routing split"
+    else:
+        title = f"routing split of {frontend_names[frontend] if frontend_names else f'frontend {frontend}'}"
     ax.set(xlabel="time (s)", ylabel="probability", ylim=(-0.02, 1.02), title=title)
     ax.grid(True, which="major", alpha=0.3)
     return ax
@@ -492,7 +499,8 @@ def sweep_heatmap(
     from matplotlib.colors import LogNorm
 
     results = _select(results, where)
-    table = results.pivot_table(index=y, columns=x, values=metric, aggfunc=agg, sort=False)
+    aggfunc: Any = agg  # any pandas aggregation name
+    table = results.pivot_table(index=y, columns=x, values=metric, aggfunc=aggfunc, sort=False)
     table = table.reindex(index=list(y_order) if y_order is not None else _order(results, y, None))
     table = table.reindex(columns=list(x_order) if x_order is not None else _order(results, x, None))
     ax = new_axes(ax, figsize=(max(5.0, 1.0 + 0.9 * table.shape[1]), max(3.0, 0.9 + 0.45 * table.shape[0])))
@@ -546,13 +554,13 @@ def sweep_lines(
 
 
 # -- job-size scaling ------------------------------------------------------------------------
-def scaling_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+def scaling_fit(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:
     """Least-squares line through ``(log x, log y)``: ``(slope, prefactor)`` of ``y = prefactor * x**slope``."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0) & (ys > 0)
     if ok.sum() < 2:
         return math.nan, math.nan
-    slope, intercept = np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)
+    slope, intercept = np.polyfit(np.log(xs[ok]), np.log(ys[ok]), 1)
     return float(slope), float(math.exp(intercept))
 
 
@@ -736,13 +744,15 @@ def scaling_plot(
             continue
         interval = ""
         if fit == "auto":
-            slope, prefactor = scaling_fit(summary["x"], summary["y"])
+            slope, prefactor = scaling_fit(summary["x"].to_numpy(), summary["y"].to_numpy())
         elif isinstance(fit, Mapping):
             slope, prefactor = float(fit["slope"]), math.exp(float(fit["intercept"]))
             if math.isfinite(fit.get("slope_low", math.nan)) and math.isfinite(fit.get("slope_high", math.nan)):
                 interval = f" [{fit['slope_low']:.2f}, {fit['slope_high']:.2f}]"
-        else:
+        elif isinstance(fit, (tuple, list)):
             slope, prefactor = fit
+        else:
+            raise ValueError(f"fit must be 'auto', None, a mapping or (slope, prefactor), got {fit!r}")
         if math.isfinite(slope):
             xs = np.geomspace(summary["x"].min(), summary["x"].max(), 50)
             ax.plot(xs, prefactor * xs**slope, color=colour, linewidth=1.2, linestyle="--",

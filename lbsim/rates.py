@@ -2,7 +2,7 @@
 
 ``x >= 0`` is the backend's load in work units and ``mu(x)`` its service rate
 in work units per second: concave, nondecreasing, ``mu(x) > 0`` for ``x > 0``
-(DESIGN.md section 1). Each family knows its value, derivative (the marginal
+(docs/model.md section 1). Each family knows its value, derivative (the marginal
 rate), inverse (the steady-state load ``mu^{-1}(Lambda)`` at arrival rate
 ``Lambda``), supremum (the capacity) and the inverse of its derivative (the
 load at which the marginal rate falls to a price, used by the optimum).

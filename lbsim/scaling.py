@@ -1,6 +1,6 @@
 """Job-size scaling: does the stochastic system converge to its fluid model as jobs get smaller?
 
-DESIGN.md section 1: ``job_scale = s`` makes jobs ``s`` times smaller and ``1/s``
+docs/model.md section 1: ``job_scale = s`` makes jobs ``s`` times smaller and ``1/s``
 times more numerous at the same volume rate, so the loads ``x_j = n_j * sbar``
 should approach the fluid trajectory (lbsim/fluid.py) as ``s -> 0``, with
 fluctuations of order ``sqrt(s)`` (a functional law of large numbers with a

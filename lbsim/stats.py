@@ -1,6 +1,6 @@
 """Statistics for simulation output: warm-up, percentiles, confidence intervals.
 
-Two kinds of output come out of a run (DESIGN.md section 3): the jobs table,
+Two kinds of output come out of a run (docs/model.md section 3): the jobs table,
 one row per completed job (``t_arrival``, ``latency``, ``sojourn``, ...), and
 the time series (``t``, ``backend``, ``load``, ``jobs``). Both are
 autocorrelated and start in a transient, so:
@@ -269,7 +269,7 @@ def _order_statistic_ranks(n: int, q: float, level: float) -> tuple[int, int]:
     exist with ``n`` observations.
     """
     alpha = 1.0 - level
-    l = int(_sps.binom.ppf(alpha / 2.0, n, q))
+    l = int(_sps.binom.ppf(alpha / 2.0, n, q))  # noqa: E741  (the ranks l, u of X_(l), X_(u))
     u = int(_sps.binom.ppf(1.0 - alpha / 2.0, n, q)) + 1
     return l, u
 
@@ -296,7 +296,7 @@ def quantile_ci(samples: ArrayLike, q: float, level: float = 0.95) -> CI:
     if n == 0:
         return CI(math.nan, math.nan, math.nan, 0)
     est = float(np.quantile(x, q))
-    l, u = _order_statistic_ranks(n, q, level)
+    l, u = _order_statistic_ranks(n, q, level)  # noqa: E741  (the ranks of X_(l), X_(u))
     # With very few observations X_(l) can lie above the interpolated point
     # estimate (n = 2, q = 0.99: l = 2); widening to include the estimate
     # keeps the coverage guarantee and the interval around its own estimate.

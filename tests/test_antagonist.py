@@ -60,7 +60,7 @@ def test_a_piecewise_multiplier_gives_exact_completion_times(lazy):
 
 def test_a_constant_schedule_is_the_same_run_as_the_scaled_rate():
     """c = 2 halved from t = 0 is c = 1: the same jobs, to the last bit (0.5 * 2.0 == 1.0 exactly)."""
-    common = dict(rates=[0.7, 0.4], horizon=500.0, network={"latency": [[0.01, 0.02], [0.03, 0.01]]})
+    common = dict(rates=[0.7, 0.4], horizon=500.0, network={"delay": [[0.01, 0.02], [0.03, 0.01]]})
     halved = backend("constant", discipline="fifo", c=2.0) | {"antagonist": {"schedule": [[0.0, 0.5]]}}
     a = lbsim.simulate(scenario([halved, backend("saturating", c=2.0, k=1.0)], **common))
     scaled = backend("constant", discipline="fifo", c=1.0)

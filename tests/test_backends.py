@@ -47,7 +47,7 @@ def _model_scenario(model: str, example: int, horizon: float = 120.0, telemetry:
         job_scale=0.3,
         size="gamma",
         size_params={"shape": 0.5},
-        network={"latency": DELAY, "connect": CONNECT, "telemetry": telemetry, "period": 0.7},
+        network={"delay": DELAY, "connect": CONNECT, "telemetry": telemetry, "period": 0.7},
         router=router,
     )
     if not cls.example_jobs:
@@ -236,7 +236,7 @@ def test_infinite_server_is_the_rate_model_with_ps_and_a_linear_rate():
         job_scale=0.3,
         size="gamma",
         size_params={"shape": 0.5},
-        network={"latency": DELAY, "connect": CONNECT},
+        network={"delay": DELAY, "connect": CONNECT},
         router="jsq",
     )
     ja, jb = lbsim.simulate(a).jobs, lbsim.simulate(b).jobs

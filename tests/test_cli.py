@@ -45,9 +45,9 @@ BAD = {
     "unknown key (file)": (["run", "{typo_file}"], "simulation.horizn", "'horizon'"),
     "negative rate": (["run", TWO_REGIONS, "--set", "frontends.0.rate=-1"], "frontends[0].rate", "-1"),
     "warmup after horizon": (["run", TWO_REGIONS, "--horizon", "100"], "simulation.warmup", "horizon"),
-    "bad latency shape": (
-        ["run", TWO_REGIONS, "--set", "network.latency=[[0.1, 0.2]]"],
-        "network.latency",
+    "bad delay shape": (
+        ["run", TWO_REGIONS, "--set", "network.delay=[[0.1, 0.2]]"],
+        "network.delay",
         "one row per frontend",
     ),
     "no usable backend": (

@@ -12,7 +12,7 @@ far "near the optimum" may be) is stated where it is used, with its reason.
   (Zhang et al., arXiv:2411.17103): ``gmsr_fluid_limit.toml``.
 * DGD-LB settles at the optimal split under large delays where greedy rules
   herd (Balseiro et al., arXiv:2504.10693): ``dgdlb_delays.toml``.
-* DGD-LB's step against ALGORITHMS.md's linearised stability limit:
+* DGD-LB's step against the linearised stability limit of docs/routers.md:
   ``dgdlb_step.toml``.
 * Expected-latency routing is far from optimal on a Pigou-type instance while
   GMSR is near it: ``least_latency_trap.toml``.
@@ -167,7 +167,7 @@ def test_dgdlb_beats_greedy_routers_under_large_delays():
 
 # -- DGD-LB: the step size against the stability limit --------------------------------------
 def critical_gain(a: float, delay: float) -> float:
-    """ALGORITHMS.md: D'' + a D' + K D(t - T) = 0 is stable iff K < w sqrt(w^2 + a^2), w T = arctan(a/w)."""
+    """docs/routers.md (DGD-LB): D'' + a D' + K D(t - T) = 0 is stable iff K < w sqrt(w^2 + a^2), w T = arctan(a/w)."""
     w = optimize.brentq(lambda w: w * delay - math.atan(a / w), 1e-9, 1e6)
     return w * math.sqrt(w * w + a * a)
 
@@ -186,7 +186,7 @@ def critical_step(scenario: lbsim.Scenario) -> float:
     a = float(rate.derivative(x))
     h = 1e-5 * x
     slope = (1 / float(rate.derivative(x + h)) - 1 / float(rate.derivative(x - h))) / (2 * h)  # d/dx [1/mu']
-    return critical_gain(a, 2 * float(scenario.latency[0, 0])) / (float(scenario.demand[0]) * slope)
+    return critical_gain(a, 2 * float(scenario.delay[0, 0])) / (float(scenario.demand[0]) * slope)
 
 
 def test_dgdlb_step_below_the_limit_settles_and_above_it_oscillates():

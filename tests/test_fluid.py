@@ -45,7 +45,7 @@ def two_frontends(router: str = "dgdlb", horizon: float = 12.0, sample_interval:
         horizon=horizon,
         sample_interval=sample_interval,
         router=router,
-        network={"latency": OFF_GRID, **network},
+        network={"delay": OFF_GRID, **network},
     )
 
 
@@ -129,7 +129,7 @@ def test_linear_backend_with_delay_schedule_and_antagonist_is_exact_to_second_or
         horizon=6.0,
         sample_interval=0.25,
         router="random",
-        network={"latency": d},
+        network={"delay": d},
         rate_schedule=[[0.0, 1.0], [2.3, 2.0]],
     ).to_dict()
     data["backends"][0]["antagonist"] = {"schedule": [[3.71, 0.5]]}
@@ -170,7 +170,7 @@ def test_the_optimum_with_its_requests_in_transit_is_a_rest_point():
 
 def test_max_load_caps_the_rate_and_a_static_split_reaches_its_steady_state():
     backends = [backend("linear", r=1.0, max_load=2.0), backend("saturating", c=3.0, k=1.0)]
-    sc = scenario(backends, rates=(3.0,), horizon=60.0, router="random", network={"latency": 0.01})
+    sc = scenario(backends, rates=(3.0,), horizon=60.0, router="random", network={"delay": 0.01})
     res = fluid(sc)
     # backend 0 gets 1.5 < mu(2) = 2: steady load 1.5; backend 1: mu^{-1}(1.5) = 1.
     np.testing.assert_allclose(res.final_load, [1.5, 1.0], rtol=1e-6)
@@ -224,7 +224,7 @@ def test_order_is_two_for_the_regularised_argmin_without_delay():
     coarsest dt here is a quarter of the default. The largest error sits
     where the support of the split changes (kinks of the right-hand side).
     """
-    sc = two_frontends("gmsr", horizon=4.0, sample_interval=0.25, latency=0.0)
+    sc = two_frontends("gmsr", horizon=4.0, sample_interval=0.25, delay=0.0)
     h = default_time_step(sc, band=0.05) / 4
     reference = fluid(sc, dt=h / 8, band=0.05).load
     errors = [np.abs(fluid(sc, dt=h / 2**k, band=0.05).load - reference).max() for k in range(2)]
@@ -335,7 +335,7 @@ def test_gmsr_latency_variant_with_instant_telemetry_reaches_the_optimum():
 @pytest.mark.parametrize("router", ["least_load", "least_latency", "gmsr"])
 def test_argmin_routers_rest_where_sparsemax_says(router):
     """At rest without delay, each frontend's used edges have equal c_ij + eps p_ij, unused ones cost more."""
-    sc = two_frontends(router, horizon=40.0, latency=0.0)
+    sc = two_frontends(router, horizon=40.0, delay=0.0)
     res = fluid(sc, band=0.05)
     again = fluid(sc.replace(**{"simulation.horizon": 41.0}), band=0.05)
     assert np.abs(again.final_load - res.final_load).max() < 1e-9 * res.final_load.max()  # at rest
@@ -364,7 +364,7 @@ def window_amplitudes(res, period: float) -> np.ndarray:
 def test_dgdlb_stability_limit_of_the_linearised_loop(factor):
     """One frontend, two identical backends, d = 0.25 s: stable at 0.8x the predicted critical step, not at 1.25x.
 
-    Prediction (ALGORITHMS.md): with a = mu'(x*), c = 1/mu', the flow
+    Prediction (docs/routers.md, DGD-LB, "Stability limit"): with a = mu'(x*), c = 1/mu', the flow
     dp/dt = -step Proj_T(g) gives D'' + a D' + K D(t - 2d) = 0 with
     K = step * lambda * c'(x*) (lbsim.routers.dgdlb.dgdlb_critical_step). With a
     small interval (2d/100) the fluid DGD-LB approximates that flow. The
@@ -392,7 +392,7 @@ def test_dgdlb_stability_limit_of_the_linearised_loop(factor):
         horizon=12 * period,
         sample_interval=0.02,
         router="dgdlb",
-        network={"latency": d},
+        network={"delay": d},
     )
     res = fluid(sc, x0=[x_star * 1.01, x_star * 0.99], step=factor * critical, interval=2 * d / 100)
     amplitude = window_amplitudes(res, period)
@@ -425,7 +425,7 @@ def test_dgdlb_ticks_add_no_loop_delay_to_first_order(factor):
     critical = dgdlb_critical_step(rate, 2.0, lam, d)
     sc = scenario(
         [backend("saturating", c=4.0, k=2.0)] * 2, rates=(lam,), horizon=80.0, sample_interval=0.05, router="dgdlb",
-        network={"latency": d},
+        network={"delay": d},
     )  # fmt: skip
     res = fluid(sc, x0=[2.02, 1.98], step=factor * critical, interval=d)
     _, w = critical_gain(float(rate.derivative(2.0)), 2 * d)

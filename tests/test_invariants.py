@@ -1,4 +1,4 @@
-"""DESIGN.md section 4, one test (at least) per invariant, plus a property-based sweep.
+"""docs/model.md section 4, one test (at least) per invariant, plus a property-based sweep.
 
 1. conservation, 2. causality, 3. byte-identical outputs, 4. common random
 numbers, 5. telemetry never fresher than its mode allows, 6. bounded memory.
@@ -26,7 +26,7 @@ from lbsim.engine.result import TIMING_FIELDS
 from lbsim.routers.base import ROUTERS, Router, register
 from lbsim.scenario import TELEMETRY_MODES
 
-LATENCY = [[0.05, 0.4, 1.3], [0.9, 0.02, 0.25]]
+DELAY = [[0.05, 0.4, 1.3], [0.9, 0.02, 0.25]]
 CONNECT = [[True, True, True], [False, True, True]]
 
 
@@ -45,7 +45,7 @@ def _scenario(horizon: float, telemetry: str = "delayed", router: str = "jsq", s
         job_scale=0.3,
         size="gamma",
         size_params={"shape": 0.5},
-        network={"latency": LATENCY, "connect": CONNECT, "telemetry": telemetry, "period": 0.7},
+        network={"delay": DELAY, "connect": CONNECT, "telemetry": telemetry, "period": 0.7},
         router=router,
         **kw,
     )
@@ -215,7 +215,7 @@ def test_common_random_numbers_across_backends_and_delays():
     s = _scenario(200.0)
     data = s.to_dict()
     data["backends"][0]["service"] = {"kind": "linear", "r": 5.0}
-    data["network"]["latency"] = 0.3
+    data["network"]["delay"] = 0.3
     a = lbsim.simulate(s).jobs.set_index("job_id")
     b = lbsim.simulate(lbsim.Scenario.from_dict(data)).jobs.set_index("job_id")
     common = a.index.intersection(b.index)
@@ -263,7 +263,7 @@ def spy():
 
 def _expected_view(jobs: pd.DataFrame, telemetry: str, t: np.ndarray, i: int, j: int, period: float) -> np.ndarray:
     """What frontend i may know of backend j at times t, rebuilt from the jobs table."""
-    d = LATENCY[i][j]
+    d = DELAY[i][j]
     at = jobs[jobs["backend"] == j]
     if telemetry == "delayed":
         return jobs_present(at["t_backend_arrival"], at["t_backend_done"], t - d)
@@ -315,7 +315,7 @@ def test_telemetry_history_stays_bounded(telemetry):
     s = _scenario(3000.0, telemetry=telemetry)
     sim = Simulation(s)
     result = sim.run()
-    window = max(max(row) for row in LATENCY) + (s.network.period if telemetry == "periodic" else 0.0)
+    window = max(max(row) for row in DELAY) + (s.network.period if telemetry == "periodic" else 0.0)
     assert sim.view.history_window == pytest.approx(window)
     jobs = result.jobs
     assert len(jobs) > 15_000
@@ -368,7 +368,7 @@ def _params(draw, ranges: dict) -> dict:
 def small_scenarios(draw, telemetry: str) -> lbsim.Scenario:
     F, B = draw(st.integers(1, 3)), draw(st.integers(1, 4))
     delay = st.one_of(st.just(0.0), st.floats(0.0, 0.5))
-    latency = [[draw(delay) for _ in range(B)] for _ in range(F)]
+    delays = [[draw(delay) for _ in range(B)] for _ in range(F)]
     connect = [[draw(st.booleans()) for _ in range(B)] for _ in range(F)]
     for row in connect:
         if not any(row):
@@ -395,7 +395,7 @@ def small_scenarios(draw, telemetry: str) -> lbsim.Scenario:
         job_scale=draw(st.sampled_from([0.1, 0.3, 1.0])),
         size=size,
         size_params=_params(draw, SIZES[size]),
-        network={"latency": latency, "connect": connect, "telemetry": telemetry, "period": draw(st.floats(0.1, 2.0))},
+        network={"delay": delays, "connect": connect, "telemetry": telemetry, "period": draw(st.floats(0.1, 2.0))},
         router=router_table,
         sample_interval=draw(st.floats(0.5, 5.0)),
     )

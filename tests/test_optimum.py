@@ -1,6 +1,6 @@
 """The centralized optimum against independent facts.
 
-* The KKT conditions (DESIGN.md section 2), recomputed here from the rate
+* The KKT conditions (docs/model.md section 2), recomputed here from the rate
   families: every used edge of a frontend costs ``2 d_ij + pi_j`` equal to the
   frontend's cheapest connected edge, with ``pi_j = 1/mu_j'(mu_j^{-1}(Lambda_j))``
   plus a capacity price that may be nonzero only at a backend held at its
@@ -369,17 +369,19 @@ def test_bad_shapes_name_the_key() -> None:
     sat = make_rate({"kind": "saturating", "c": 4.0, "k": 2.0})
     with pytest.raises(ScenarioError) as err:
         solve([sat], np.array([1.0]), np.zeros((1, 2)), np.ones((1, 1), bool))
-    assert err.value.key == "network.latency"
+    assert err.value.key == "network.delay"
 
 
 # -- the scenario wrapper and the JSON form ----------------------------------------------------
 def test_optimum_reads_the_scenario_and_is_json_friendly() -> None:
     sat = make_rate({"kind": "saturating", "c": 4.0, "k": 2.0})
+    rates = [sat, make_rate({"kind": "exponential", "c": 3.0, "k": 1.0})]
     scenario = SimpleNamespace(
         demand=np.array([1.0, 2.0]),
-        latency=np.array([[0.01, 0.08], [0.08, 0.01]]),
+        delay=np.array([[0.01, 0.08], [0.08, 0.01]]),
         connect=np.ones((2, 2), bool),
-        service_rates=[sat, make_rate({"kind": "exponential", "c": 3.0, "k": 1.0})],
+        service_rates=rates,
+        rate_functions=lambda needed_by: rates,
     )
     opt = optimum(scenario)
     data = json.loads(json.dumps(opt.to_dict()))
@@ -387,4 +389,4 @@ def test_optimum_reads_the_scenario_and_is_json_friendly() -> None:
     assert keys <= set(data)
     assert np.allclose(data["routing"], opt.routing)
     assert data["mean_latency"] == opt.mean_latency
-    check_kkt(opt, scenario.service_rates, scenario.demand, scenario.latency, scenario.connect)
+    check_kkt(opt, scenario.service_rates, scenario.demand, scenario.delay, scenario.connect)

@@ -202,15 +202,15 @@ def synthetic_results() -> pd.DataFrame:
     for a in (0.1, 0.2, 0.4):
         for b in ("[[0.1]]", "[[0.2]]"):
             for seed in (1, 2):
-                rows.append({"router.step": a, "network.latency": b, "router": "dgdlb", "seed": seed,
+                rows.append({"router.step": a, "network.delay": b, "router": "dgdlb", "seed": seed,
                              "mean_latency": a * 10 + float(b[2:5]) + seed})  # fmt: skip
     return pd.DataFrame(rows)
 
 
 def test_sweep_heatmap_is_the_seed_mean_over_two_grid_keys():
     results = synthetic_results()
-    ax = plots.sweep_heatmap(results, x="router.step", y="network.latency", where={"router": "dgdlb"})
-    assert ax.get_xlabel() == "router.step" and ax.get_ylabel() == "network.latency"
+    ax = plots.sweep_heatmap(results, x="router.step", y="network.delay", where={"router": "dgdlb"})
+    assert ax.get_xlabel() == "router.step" and ax.get_ylabel() == "network.delay"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.2", "0.4"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["[[0.1]]", "[[0.2]]"]
     mesh = ax.collections[0]
@@ -222,7 +222,7 @@ def test_sweep_heatmap_is_the_seed_mean_over_two_grid_keys():
 
 
 def test_sweep_heatmap_log_colours():
-    ax = plots.sweep_heatmap(synthetic_results(), x="router.step", y="network.latency", log=True, annot=False)
+    ax = plots.sweep_heatmap(synthetic_results(), x="router.step", y="network.delay", log=True, annot=False)
     from matplotlib.colors import LogNorm
 
     assert isinstance(ax.collections[0].norm, LogNorm) and not ax.texts

@@ -26,7 +26,7 @@ from lbsim.jobs import Job
 from lbsim.engine.simulation import Simulation
 from lbsim.rates import make_rate
 from lbsim.routers import ROUTERS, ProbeReply, RouterContext, make_router
-from lbsim.routers.prequal import LatencyByRif, PoolEntry, Prequal, bucket_range, median, rif_bucket
+from lbsim.routers.prequal import SojournByRif, PoolEntry, Prequal, bucket_range, median, rif_bucket
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "prequal_antagonist.toml"
 
@@ -41,7 +41,7 @@ class Harness:
         ctx = RouterContext(
             num_frontends=frontends,
             num_backends=backends,
-            latency=np.zeros((frontends, backends)),
+            delay=np.zeros((frontends, backends)),
             connect=np.ones((frontends, backends), bool) if connect is None else np.array(connect, bool),
             rates=rates or [make_rate({"kind": "constant", "c": 1.0})] * backends,
             mean_size=1.0,
@@ -52,8 +52,8 @@ class Harness:
         )
         self.router: Prequal = make_router("prequal", params, ctx)
 
-    def reply(self, backend: int, rif: int, latency: float, t: float, frontend: int = 0) -> None:
-        self.router.receive(frontend, ProbeReply(backend, rif, latency, t, t))
+    def reply(self, backend: int, rif: int, sojourn: float, t: float, frontend: int = 0) -> None:
+        self.router.receive(frontend, ProbeReply(backend, rif, sojourn, t, t))
 
     def route(self, frontend: int = 0) -> int:
         return self.router.route(frontend, Job(0, frontend, 1.0, self.now), None)
@@ -94,8 +94,8 @@ def test_reuse_budget_random_rounding_has_the_exact_mean():
 def test_reuse_budget_is_enforced_and_counts_rif():
     # delta 0, no removals: b_reuse = max(1, 1 / ((1 - m/100) * 3)) = 1 for m < 67: one use each
     h = Harness(backends=100, r_remove=0.0, delta=0.0)
-    for j, latency in [(0, 1.0), (1, 2.0), (2, 3.0)]:
-        h.reply(j, rif=1, latency=latency, t=0.0)
+    for j, sojourn in [(0, 1.0), (1, 2.0), (2, 3.0)]:
+        h.reply(j, rif=1, sojourn=sojourn, t=0.0)
     assert all(e.uses_left == 1 for e in h.pool().values())
     assert h.route() == 0  # the fastest, used once and gone
     assert 0 not in h.pool()
@@ -105,9 +105,9 @@ def test_reuse_budget_is_enforced_and_counts_rif():
 
 def test_using_an_entry_adds_one_to_its_rif():
     h = Harness(backends=8, r_probe=0.0, r_remove=0.0, q_rif=1.0)  # r_probe 0: unlimited reuse
-    h.reply(0, rif=5, latency=1.0, t=0.0)
-    h.reply(1, rif=1, latency=2.0, t=0.0)
-    h.reply(2, rif=9, latency=9.0, t=0.0)  # makes the hot threshold (the max RIF seen) 9
+    h.reply(0, rif=5, sojourn=1.0, t=0.0)
+    h.reply(1, rif=1, sojourn=2.0, t=0.0)
+    h.reply(2, rif=9, sojourn=9.0, t=0.0)  # makes the hot threshold (the max RIF seen) 9
     for k in range(3):
         assert h.route() == 0
     assert h.pool()[0].rif == 8
@@ -117,14 +117,14 @@ def test_using_an_entry_adds_one_to_its_rif():
 # -- removal -----------------------------------------------------------------------------------
 def test_removal_alternates_oldest_and_worst():
     h = Harness(backends=100, r_probe=0.0, r_remove=1.0, q_rif=1.0)
-    h.reply(9, rif=50, latency=100.0, t=0.5)  # the oldest; RIF 50 makes everything else cold
-    for j, (t, latency) in enumerate([(1.0, 5.0), (2.0, 1.0), (3.0, 3.0), (4.0, 9.0), (5.0, 2.0)]):
-        h.reply(j, rif=1, latency=latency, t=t)
+    h.reply(9, rif=50, sojourn=100.0, t=0.5)  # the oldest; RIF 50 makes everything else cold
+    for j, (t, sojourn) in enumerate([(1.0, 5.0), (2.0, 1.0), (3.0, 3.0), (4.0, 9.0), (5.0, 2.0)]):
+        h.reply(j, rif=1, sojourn=sojourn, t=t)
     h.now = 5.0
-    assert h.route() == 1  # lowest latency
+    assert h.route() == 1  # lowest sojourn estimate
     assert 9 not in h.pool()  # 1st removal: the oldest (t 0.5)
     assert h.route() == 1
-    assert 3 not in h.pool()  # 2nd: the worst (highest latency among the cold: 9.0)
+    assert 3 not in h.pool()  # 2nd: the worst (highest sojourn estimate among the cold: 9.0)
     assert h.route() == 1
     assert 0 not in h.pool()  # 3rd: the oldest (t 1.0)
     assert h.route() == 1
@@ -135,15 +135,15 @@ def test_removal_alternates_oldest_and_worst():
 
 def test_worst_is_the_hottest_when_some_are_hot():
     h = Harness(backends=100, r_probe=0.0)
-    pool = {j: PoolEntry(j, rif, latency, 0.0, math.inf) for j, rif, latency in [(0, 3, 9.0), (1, 7, 0.1), (2, 6, 0.2)]}
-    assert h.router.worst(pool, threshold=5).backend == 1  # hot (7 and 6 > 5): highest RIF, latency aside
+    pool = {j: PoolEntry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 3, 9.0), (1, 7, 0.1), (2, 6, 0.2)]}
+    assert h.router.worst(pool, threshold=5).backend == 1  # hot (7 and 6 > 5): highest RIF, sojourn aside
     assert h.router.worst(pool, threshold=10).backend == 0  # all cold: the slowest
 
 
 def test_fractional_r_remove_is_exact():
     h = Harness(backends=1000, r_probe=0.0, r_remove=0.5)
     for j in range(10):
-        h.reply(j, rif=1, latency=float(j), t=float(j))
+        h.reply(j, rif=1, sojourn=float(j), t=float(j))
     sizes = []
     for _ in range(6):
         h.route()
@@ -156,33 +156,33 @@ def test_fractional_r_remove_is_exact():
 def test_hot_threshold_is_the_q_quantile_of_recent_probe_rifs():
     h = Harness(backends=100, r_probe=0.0, rif_window=10)
     for j, rif in enumerate([9, 0, 8, 1, 7, 2, 6, 3, 5, 4]):
-        h.reply(j, rif=rif, latency=1.0, t=0.0)
+        h.reply(j, rif=rif, sojourn=1.0, t=0.0)
     assert h.router.hot_threshold(0) == 8  # ceil(0.84 * 10) = 9th smallest of 0..9
     for j in range(10, 15):  # the window keeps the last 10: 9, 0, 8, 1, 7 leave
-        h.reply(j, rif=20, latency=1.0, t=0.0)
+        h.reply(j, rif=20, sojourn=1.0, t=0.0)
     assert sorted(h.router._rif_sorted[0]) == [2, 3, 4, 5, 6, 20, 20, 20, 20, 20]
     assert h.router.hot_threshold(0) == 20
 
 
-def test_cold_entry_with_lowest_latency_wins_and_hot_ones_are_skipped():
+def test_cold_entry_with_lowest_sojourn_estimate_wins_and_hot_ones_are_skipped():
     h = Harness(backends=100, r_probe=0.0, r_remove=0.0, rif_window=10)
     # RIFs 0..9 in the window, threshold 8: backend 9 (RIF 9) is hot although it is the fastest
     for j in range(10):
-        h.reply(j, rif=j, latency={9: 0.01, 4: 0.5}.get(j, 1.0 + j), t=0.0)
+        h.reply(j, rif=j, sojourn={9: 0.01, 4: 0.5}.get(j, 1.0 + j), t=0.0)
     assert h.route() == 4
     assert h.pool()[4].rif == 5
 
 
 def test_all_hot_takes_the_lowest_rif():
     h = Harness(backends=100, r_probe=0.0)
-    pool = {j: PoolEntry(j, rif, latency, 0.0, math.inf) for j, rif, latency in [(0, 5, 0.1), (1, 3, 9.0), (2, 4, 0.2)]}
+    pool = {j: PoolEntry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 5, 0.1), (1, 3, 9.0), (2, 4, 0.2)]}
     assert h.router.select(pool, threshold=2).backend == 1
 
 
-def test_unknown_latency_ranks_first_among_cold_then_rif():
+def test_unknown_sojourn_estimate_ranks_first_among_cold_then_rif():
     h = Harness(backends=100, r_probe=0.0)
     nan = math.nan
-    pool = {j: PoolEntry(j, rif, latency, 0.0, math.inf) for j, rif, latency in [(0, 1, 0.1), (1, 3, nan), (2, 2, nan)]}
+    pool = {j: PoolEntry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 1, 0.1), (1, 3, nan), (2, 2, nan)]}
     assert h.router.select(pool, threshold=5).backend == 2
     assert h.router.worst(pool, threshold=5).backend == 0
     assert h.router.select(pool, threshold=1).backend == 0  # the unknowns are hot: cold beats hot
@@ -198,7 +198,7 @@ def test_selection_ties_are_broken_at_random():
 def test_fewer_than_two_entries_picks_a_uniform_neighbour():
     connect = [[j % 2 == 0 for j in range(12)]]  # neighbours 0, 2, ..., 10
     h = Harness(backends=12, connect=connect, r_probe=0.0, r_remove=0.0)
-    h.reply(4, rif=0, latency=0.001, t=0.0)  # the only entry, and a very good one: not used
+    h.reply(4, rif=0, sojourn=0.001, t=0.0)  # the only entry, and a very good one: not used
     picks = [h.route() for _ in range(6000)]
     counts = np.bincount(picks, minlength=12)
     assert counts[1::2].sum() == 0
@@ -209,9 +209,9 @@ def test_fewer_than_two_entries_picks_a_uniform_neighbour():
 # -- expiry and overflow ---------------------------------------------------------------------------
 def test_entries_expire_after_max_age():
     h = Harness(backends=100, r_probe=0.0, r_remove=0.0, max_age=1.0)
-    h.reply(0, rif=0, latency=0.001, t=0.2)  # the best, but too old at t = 1.6
-    h.reply(1, rif=0, latency=2.0, t=0.7)
-    h.reply(2, rif=0, latency=1.0, t=1.5)
+    h.reply(0, rif=0, sojourn=0.001, t=0.2)  # the best, but too old at t = 1.6
+    h.reply(1, rif=0, sojourn=2.0, t=0.7)
+    h.reply(2, rif=0, sojourn=1.0, t=1.5)
     h.now = 1.6
     assert h.route() == 2
     assert sorted(h.pool()) == [1, 2]
@@ -232,19 +232,19 @@ def test_default_max_age_is_scaled_to_the_lone_job_service_time():
 def test_overflow_evicts_the_oldest():
     h = Harness(backends=100, r_probe=0.0, pool_size=4)
     for j, t in enumerate([3.0, 1.0, 4.0, 5.0]):
-        h.reply(j, rif=0, latency=1.0, t=t)
-    h.reply(4, rif=0, latency=1.0, t=2.0)
+        h.reply(j, rif=0, sojourn=1.0, t=t)
+    h.reply(4, rif=0, sojourn=1.0, t=2.0)
     assert sorted(h.pool()) == [0, 2, 3, 4]  # t = 1.0 (backend 1) left
-    h.reply(5, rif=0, latency=1.0, t=6.0)
+    h.reply(5, rif=0, sojourn=1.0, t=6.0)
     assert sorted(h.pool()) == [0, 2, 3, 5]  # then t = 2.0
 
 
 def test_a_newer_reply_replaces_the_entry_of_its_backend():
     h = Harness(backends=100, r_probe=0.0)
-    h.reply(3, rif=7, latency=1.0, t=1.0)
-    h.reply(3, rif=2, latency=0.5, t=2.0)
+    h.reply(3, rif=7, sojourn=1.0, t=1.0)
+    h.reply(3, rif=2, sojourn=0.5, t=2.0)
     assert len(h.pool()) == 1 and h.pool()[3].rif == 2
-    h.reply(3, rif=9, latency=5.0, t=1.5)  # overtaken on the way: older news, ignored
+    h.reply(3, rif=9, sojourn=5.0, t=1.5)  # overtaken on the way: older news, ignored
     assert h.pool()[3].rif == 2
 
 
@@ -279,7 +279,7 @@ def test_probes_take_two_network_delays_and_read_the_backend_half_way():
         [backend("batch", a=0.05, b=0.02)] * 3,
         rates=[20.0, 20.0],
         horizon=30.0,
-        network={"latency": delays},
+        network={"delay": delays},
         router="prequal",
     )
     sim = Simulation(sc)
@@ -315,7 +315,7 @@ def test_idle_probing_keeps_a_quiet_frontend_probing():
     assert idle.router.tick_interval == 0.5 and quiet.router.tick_interval is None
 
 
-# -- the backend's latency-at-RIF estimator ---------------------------------------------------------
+# -- the backend's sojourn-at-RIF estimator ---------------------------------------------------------
 def test_buckets_are_exact_below_eight_then_four_per_doubling():
     assert [rif_bucket(r) for r in range(8)] == list(range(8))
     assert [bucket_range(b) for b in range(8, 17)] == [
@@ -330,12 +330,12 @@ def test_buckets_are_exact_below_eight_then_four_per_doubling():
 
 
 def test_estimate_is_the_median_of_a_known_window():
-    tracker = LatencyByRif(window=5)
-    for latency in [5.0, 1.0, 4.0, 2.0, 3.0]:
-        tracker.add(rif_bucket(3), latency)
+    tracker = SojournByRif(window=5)
+    for sojourn in [5.0, 1.0, 4.0, 2.0, 3.0]:
+        tracker.add(rif_bucket(3), sojourn)
     assert tracker.estimate(3) == 3.0
     tracker.add(rif_bucket(3), 10.0)  # window now 1, 4, 2, 3, 10
-    assert tracker.latencies(3) == [1.0, 4.0, 2.0, 3.0, 10.0]
+    assert tracker.sojourns(3) == [1.0, 4.0, 2.0, 3.0, 10.0]
     assert tracker.estimate(3) == 3.0
     tracker.add(rif_bucket(3), 0.5)  # 4, 2, 3, 10, 0.5
     tracker.add(rif_bucket(3), 0.25)  # 2, 3, 10, 0.5, 0.25
@@ -346,7 +346,7 @@ def test_estimate_is_the_median_of_a_known_window():
 
 
 def test_estimate_falls_back_to_the_nearest_bucket_scaled_by_rif():
-    tracker = LatencyByRif(window=4)
+    tracker = SojournByRif(window=4)
     assert math.isnan(tracker.estimate(0))  # nothing completed yet: unknown
     tracker.add(rif_bucket(2), 1.0)
     assert tracker.estimate(2) == 1.0
@@ -365,7 +365,7 @@ def test_estimator_hooks_on_a_real_backend():
     done = []
     spec = RateParams(discipline="fifo", service={"kind": "constant", "c": 1.0})
     b = RateBackend(0, spec, BackendContext(env, 1.0, lambda job, now: done.append(job), None, lazy=False))
-    b.observer = tracker = LatencyByRif(window=8, timeout=1.2, clock=lambda: env.now)
+    b.observer = tracker = SojournByRif(window=8, timeout=1.2, clock=lambda: env.now)
     jobs = [Job(k, 0, 1.0, 0.0) for k in range(3)]
     b.arrive(jobs[0])
     b.arrive(jobs[1])
@@ -373,11 +373,11 @@ def test_estimator_hooks_on_a_real_backend():
     b.arrive(jobs[2])
     env.run(until=4.1)
     assert len(done) == 3
-    assert [tracker.latencies(r) for r in range(3)] == [[1.0], [2.0], [2.5]]
+    assert [tracker.sojourns(r) for r in range(3)] == [[1.0], [2.0], [2.5]]
     assert tracker._tags == {}  # no job left behind
-    assert b.latency_estimate() == 1.0  # RIF 0; last completion at 3.0, within the timeout
+    assert b.sojourn_estimate() == 1.0  # RIF 0; last completion at 3.0, within the timeout
     env.run(until=4.3)
-    assert math.isnan(b.latency_estimate())  # idle for longer than the timeout: unknown
+    assert math.isnan(b.sojourn_estimate())  # idle for longer than the timeout: unknown
 
 
 # -- registry and parameters -----------------------------------------------------------------------------

@@ -170,7 +170,7 @@ class Counts(View):
 @pytest.mark.parametrize("connect", [None, [[True, True, False], [True, True, True]]])
 def test_dgdlb_discrete_and_fluid_ticks_are_one_update(connect):
     """From the same split and the same observed loads, the router and its fluid twin take the same step."""
-    network = {"latency": [[0.01, 0.05, 0.3], [0.2, 0.02, 0.04]]}
+    network = {"delay": [[0.01, 0.05, 0.3], [0.2, 0.02, 0.04]]}
     if connect is not None:
         network["connect"] = connect
     scn = scenario(

@@ -4,7 +4,7 @@ Most tests drive a router by hand on a :class:`FixedView` (job counts chosen
 by the test) so that the expected decision is computed here from the rate
 functions, never by the simulator. The statistical ones (tie-breaking) use a
 fixed seed and a chi-square test; the DGD-LB stability check simulates the
-sampled linear loop of ALGORITHMS.md directly.
+sampled linear loop of docs/routers.md (DGD-LB, "Stability limit") directly.
 """
 
 from __future__ import annotations
@@ -126,12 +126,12 @@ def _gmsr_keys(scn, counts, variant):
         return [-float(r.value(xj + sbar) - r.value(xj)) for r, xj in zip(rates, x)]
     derivatives = [float(r.derivative(xj)) for r, xj in zip(rates, x)]
     costs = [COST_CAP if dj <= 1.0 / COST_CAP else 1.0 / dj for dj in derivatives]  # 1/mu', capped
-    return [2 * scn.latency[0, j] + c for j, c in enumerate(costs)]
+    return [2 * scn.delay[0, j] + c for j, c in enumerate(costs)]
 
 
 @pytest.mark.parametrize("variant", ["derivative", "discrete", "latency"])
 def test_gmsr_picks_the_best_marginal_rate(variant):
-    scn = scenario(MIXED, [3.0], job_scale=0.1, network={"latency": [[0.0, 0.1, 0.2, 0.05, 0.3]]})
+    scn = scenario(MIXED, [3.0], job_scale=0.1, network={"delay": [[0.0, 0.1, 0.2, 0.05, 0.3]]})
     router = make_router(scn, "gmsr", variant=variant)
     rng = np.random.default_rng(3)
     for _ in range(300):
@@ -186,20 +186,20 @@ def test_least_latency_minimises_expected_latency_and_handles_empty_backends():
         [backend("saturating", c=4.0, k=2.0), backend("linear", r=0.5), backend("constant", c=1.0)],
         [1.0],
         job_scale=0.5,
-        network={"latency": [[0.3, 0.0, 0.1]]},
+        network={"delay": [[0.3, 0.0, 0.1]]},
     )
     router = make_router(scn, "least_latency")
     sbar = scn.mean_size
     rates = scn.service_rates
     for counts in ([0, 0, 0], [3, 1, 2], [1, 5, 0], [10, 0, 4]):
         x = np.maximum(np.array(counts) * sbar, sbar)  # x = 0 reads as one job: sbar / mu(sbar)
-        expected = [2 * scn.latency[0, j] + x[j] / float(rates[j].value(x[j])) for j in range(3)]
+        expected = [2 * scn.delay[0, j] + x[j] / float(rates[j].value(x[j])) for j in range(3)]
         assert router.route(0, job(), FixedView([counts], sbar)) == int(np.argmin(expected)), counts
 
 
 def test_least_load_and_nearest():
     scn = scenario(
-        [backend("saturating", c=1.0, k=1.0)] * 4, [1.0], network={"latency": [[0.2, 0.1, 0.1, 0.3]]}
+        [backend("saturating", c=1.0, k=1.0)] * 4, [1.0], network={"delay": [[0.2, 0.1, 0.1, 0.3]]}
     )
     least_load = make_router(scn, "least_load")
     assert least_load.route(0, job(), FixedView([[3, 2, 4, 7]], 1.0)) == 1
@@ -241,7 +241,7 @@ def test_least_request_counts_match_jobs_in_flight():
         [1.5, 1.0],
         horizon=60.0,
         job_scale=0.1,
-        network={"latency": [[0.05, 0.1, 0.2], [0.2, 0.1, 0.05]]},
+        network={"delay": [[0.05, 0.1, 0.2], [0.2, 0.1, 0.05]]},
         router={"name": "least_request", "choices": 2},
     )
     sim = Simulation(scn)
@@ -311,7 +311,7 @@ def test_dgdlb_rest_point_is_the_optimum():
         [backend("saturating", c=4.0, k=2.0), backend("batch", a=0.2, b=0.15), backend("exponential", c=3.0, k=1.5)],
         [3.0, 2.5],
         job_scale=1e-5,
-        network={"latency": [[0.01, 0.05, 0.3], [0.2, 0.02, 0.04]]},
+        network={"delay": [[0.01, 0.05, 0.3], [0.2, 0.02, 0.04]]},
     )
     opt = optimum(scn)
     counts = np.rint(opt.load / scn.mean_size).astype(int)
@@ -338,7 +338,7 @@ def test_dgdlb_initial_splits():
     scn = scenario(
         [backend("saturating", c=1.0, k=1.0)] * 3,
         [1.0, 1.0],
-        network={"latency": [[0.1, 0.1, 0.3], [0.2, 0.3, 0.1]], "connect": [[True, True, True], [False, True, True]]},
+        network={"delay": [[0.1, 0.1, 0.3], [0.2, 0.3, 0.1]], "connect": [[True, True, True], [False, True, True]]},
     )
     np.testing.assert_allclose(make_router(scn, "dgdlb").split(), [[1 / 3, 1 / 3, 1 / 3], [0, 0.5, 0.5]])
     np.testing.assert_allclose(make_router(scn, "dgdlb", init="nearest").split(), [[0.5, 0.5, 0], [0, 0, 1]])
@@ -350,7 +350,7 @@ def test_no_nan_when_marginal_rates_vanish():
         [backend("servers", r=1.0, k=2.0), backend("constant", c=1.0), backend("saturating", c=1.0, k=1.0)],
         [1.5],
         job_scale=0.5,
-        network={"latency": [[0.1, 0.2, 0.3]]},
+        network={"delay": [[0.1, 0.2, 0.3]]},
     )
     saturated = FixedView([[50, 7, 10**6]], scn.mean_size)  # saturating at huge load: mu' ~ 1e-12
     router = make_router(scn, "dgdlb", step=1.0, interval=1.0)
@@ -383,7 +383,7 @@ def test_dgdlb_rejects_bad_parameters():
         scenario([backend("linear", r=1.0)], router={"name": "dgdlb", "init": "random"})
 
 
-# -- the linearised stability limit (ALGORITHMS.md) ---------------------------------------
+# -- the linearised stability limit (docs/routers.md, DGD-LB) ------------------------------
 def critical_gain(a: float, delay: float) -> float:
     """K_crit = w sqrt(w^2 + a^2) with w T = arctan(a / w): where D'' + a D' + K D(t - T) = 0 turns unstable."""
     w = optimize.brentq(lambda w: w * delay - math.atan(a / w), 1e-9, 1e6)

@@ -37,7 +37,7 @@ BASE = {
         {"service": {"kind": "constant", "c": 1.0}},
         {"service": {"kind": "saturating", "c": 1.0, "k": 1.0}},
     ],
-    "network": {"latency": [[0.1, 0.2], [0.2, 0.1]]},
+    "network": {"delay": [[0.1, 0.2], [0.2, 0.1]]},
     "router": {"name": "random"},
 }
 
@@ -61,7 +61,7 @@ def test_base_scenario_is_valid():
     s = lbsim.Scenario.from_dict(BASE)
     assert s.num_frontends == 2 and s.num_backends == 2
     assert s.mean_size == 1.0
-    np.testing.assert_array_equal(s.latency, [[0.1, 0.2], [0.2, 0.1]])
+    np.testing.assert_array_equal(s.delay, [[0.1, 0.2], [0.2, 0.1]])
     assert s.connect.all()
 
 
@@ -74,10 +74,10 @@ INVALID = {
     "unknown backend key": ({"backends.1.disipline": "ps"}, "backends[1].disipline", ["'discipline'"]),
     "unknown network key": ({"network.latencies": 0.1}, "network.latencies", ["'latency'"]),
     # matrix shapes
-    "latency rows": ({"network.latency": [[0.1, 0.2]]}, "network.latency", ["one row per frontend (2)", "1"]),
-    "latency columns": ({"network.latency": [[0.1, 0.2], [0.1]]}, "network.latency[1]", ["one entry per backend (2)"]),
-    "negative latency": ({"network.latency": [[0.1, -0.2], [0.1, 0.1]]}, "network.latency[0][1]", [">= 0", "-0.2"]),
-    "negative scalar latency": ({"network.latency": -1.0}, "network.latency", [">= 0"]),
+    "delay rows": ({"network.delay": [[0.1, 0.2]]}, "network.delay", ["one row per frontend (2)", "1"]),
+    "delay columns": ({"network.delay": [[0.1, 0.2], [0.1]]}, "network.delay[1]", ["one entry per backend (2)"]),
+    "negative delay": ({"network.delay": [[0.1, -0.2], [0.1, 0.1]]}, "network.delay[0][1]", [">= 0", "-0.2"]),
+    "negative scalar delay": ({"network.delay": -1.0}, "network.delay", [">= 0"]),
     "connect rows": ({"network.connect": [[True, True]]}, "network.connect", ["one row per frontend (2)"]),
     "connect columns": ({"network.connect": [[True], [True, False]]}, "network.connect[0]", ["one entry per backend"]),
     "frontend without backend": (
@@ -198,14 +198,29 @@ def test_weighted_router_weights_are_checked_when_the_scenario_is_loaded():
     assert info.value.key == "router.weights"
 
 
-def test_defaults_and_scalar_latency():
-    s = lbsim.Scenario.from_dict(_data(network={"latency": 0.25}))
-    np.testing.assert_array_equal(s.latency, np.full((2, 2), 0.25))
+def test_defaults_and_scalar_delay():
+    s = lbsim.Scenario.from_dict(_data(network={"delay": 0.25}))
+    np.testing.assert_array_equal(s.delay, np.full((2, 2), 0.25))
     s = lbsim.Scenario.from_dict({"frontends": [{"rate": 1.0}], "backends": [{"service": {"kind": "linear", "r": 2}}]})
     assert s.simulation.horizon == 2000.0 and s.simulation.warmup == 200.0
     assert s.jobs.size == "exponential" and s.mean_size == 1.0
     assert s.network.telemetry == "delayed" and s.router.name == "jsq"
     assert s.backends[0].discipline == "ps"
+
+
+def test_the_old_key_network_latency_loads_identically():
+    """``network.latency`` (the delays' name before 0.2) is still accepted and gives the same scenario."""
+    old = copy.deepcopy(BASE)
+    old["network"] = {"latency": old["network"].pop("delay")}
+    s_old, s_new = lbsim.Scenario.from_dict(old), lbsim.Scenario.from_dict(BASE)
+    np.testing.assert_array_equal(s_old.delay, s_new.delay)
+    np.testing.assert_array_equal(s_old.latency, s_new.delay)  # the old attribute name, an alias
+    assert s_old.network.delay == s_new.network.delay
+    s_old = lbsim.Scenario.from_dict(old, overrides=["network.latency=0.5"])  # --set under the old name
+    np.testing.assert_array_equal(s_old.delay, lbsim.Scenario.from_dict(BASE, overrides=["network.delay=0.5"]).delay)
+    with pytest.raises(lbsim.ScenarioError) as info:  # errors name the key as the file spelt it
+        lbsim.Scenario.from_dict({**old, "network": {"latency": [[0.1, 0.2]]}})
+    assert info.value.key == "network.latency"
 
 
 def test_job_scale_scales_the_mean_size():
@@ -221,7 +236,7 @@ def test_overrides_in_from_dict():
         overrides=[
             "frontends.0.rate=2",
             'router.name="jsq"',
-            "network.latency=0.5",
+            "network.delay=0.5",
             "simulation.rate_schedule=[[10, 2.0]]",
             "backends[1].service={ kind = \"batch\", a = 0.1, b = 0.5 }",
             "jobs.size=lognormal",
@@ -230,7 +245,7 @@ def test_overrides_in_from_dict():
     )
     assert s.frontends[0].rate == 2.0
     assert s.router.name == "jsq"
-    np.testing.assert_array_equal(s.latency, np.full((2, 2), 0.5))
+    np.testing.assert_array_equal(s.delay, np.full((2, 2), 0.5))
     assert s.simulation.rate_schedule == [(10.0, 2.0)]
     assert s.backends[1].service.kind == "batch" and s.backends[1].service.b == 0.5
     assert s.jobs.size == "lognormal" and s.jobs.distribution.sigma == 0.5
@@ -265,7 +280,7 @@ def test_apply_override_parses_toml_values():
         ("simulation.horizn=2", "simulation.horizn", ["'horizon'"]),
         ("frontends.0.rate=-2", "frontends[0].rate", ["> 0", "-2"]),
         ('router.name="jsqq"', "router.name", ["'jsq'"]),
-        ("network.latency=[[0.1, 0.2]]", "network.latency", ["one row per frontend"]),
+        ("network.delay=[[0.1, 0.2]]", "network.delay", ["one row per frontend"]),
     ],
 )
 def test_bad_overrides_name_the_key(override, key, words):

@@ -4,7 +4,7 @@ Every statistical check runs one long fixed-seed simulation and compares an
 estimate with an answer computed here from theory, within ``Z`` batch-means
 standard errors (see ``helpers.py``); nothing is tuned until green.
 
-Units (DESIGN.md section 1): frontend i offers lambda_i work units/s as a
+Units (docs/model.md section 1): frontend i offers lambda_i work units/s as a
 Poisson stream of lambda_i / sbar jobs/s with mean size sbar. A backend with n
 jobs serves mu(n * sbar) work units/s; with exponential sizes each unit of
 work finishes a job at rate 1/sbar, so the number in system is a
@@ -60,7 +60,7 @@ def test_mm1_fifo_sojourn_is_exponential():
     """constant c, FIFO, exponential sizes: sojourn ~ Exponential with mean sbar / (c - lambda).
 
     sbar = 0.5 (job_scale 0.5), so jobs arrive at lambda/sbar = 2.8/s and are
-    served at c/sbar = 4/s: the units of DESIGN.md, not just a unit-size M/M/1.
+    served at c/sbar = 4/s: the units of docs/model.md, not just a unit-size M/M/1.
     """
     c, lam = 2.0, 1.4
     s = scenario(
@@ -233,7 +233,7 @@ def test_ps_with_max_load_is_mmm():
 
 
 # -- the network ------------------------------------------------------------------------
-LATENCY = [[0.013, 0.071, 0.2], [0.09, 0.004, 0.0]]
+DELAY = [[0.013, 0.071, 0.2], [0.09, 0.004, 0.0]]
 CONNECT = [[True, True, False], [True, True, True]]
 
 
@@ -245,7 +245,7 @@ def _network_scenario(router: str, **network) -> lbsim.Scenario:
         warmup=20.0,
         seed=41,
         job_scale=0.2,
-        network={"latency": LATENCY, "connect": CONNECT, **network},
+        network={"delay": DELAY, "connect": CONNECT, **network},
         router=router,
     )
 
@@ -258,7 +258,7 @@ def test_latency_is_sojourn_plus_two_one_way_delays(router):
     assert len(jobs) > 1000
     i, j = jobs["frontend"].to_numpy(), jobs["backend"].to_numpy()
     assert np.array(CONNECT)[i, j].all(), "a job used a backend its frontend may not use"
-    d = np.array(LATENCY)[i, j]
+    d = np.array(DELAY)[i, j]
     tol = float_tolerance(jobs["t_response"])
     there = jobs["t_backend_arrival"] - jobs["t_arrival"]
     back = jobs["t_response"] - jobs["t_backend_done"]
@@ -274,7 +274,7 @@ def test_jitter_adds_independent_delays_of_the_given_mean():
     mean = 0.01
     s = _network_scenario("jsq", jitter={"kind": "exponential", "mean": mean})
     jobs = lbsim.simulate(s).jobs
-    d = np.array(LATENCY)[jobs["frontend"], jobs["backend"]]
+    d = np.array(DELAY)[jobs["frontend"], jobs["backend"]]
     tol = float_tolerance(jobs["t_response"])
     for name, leg in (
         ("request", jobs["t_backend_arrival"] - jobs["t_arrival"]),
@@ -307,7 +307,7 @@ def _mixed_scenario(telemetry: str, router: str, seed: int = 51, **network) -> l
         size="lognormal",
         size_params={"sigma": 1.0},
         network={
-            "latency": [[0.01, 0.05, 0.1, 0.0], [0.05, 0.01, 0.2, 0.3], [0.1, 0.1, 0.1, 0.1]],
+            "delay": [[0.01, 0.05, 0.1, 0.0], [0.05, 0.01, 0.2, 0.3], [0.1, 0.1, 0.1, 0.1]],
             "connect": [[True, True, True, False], [True, True, True, True], [False, True, True, True]],
             "telemetry": telemetry,
             **network,

@@ -226,8 +226,8 @@ class BackendModel:
             self.catch_up(t)
         return self.history_n[bisect_right(self.history_t, t) - 1]
 
-    def latency_estimate(self) -> float:
-        """What the backend answers a probe about latency (NaN without an observer)."""
+    def sojourn_estimate(self) -> float:
+        """What the backend answers a probe: the sojourn its observer estimates at its current jobs (NaN without one)."""
         return self.observer.estimate(self.jobs) if self.observer is not None else float("nan")
 
     def record(self, now: float) -> None:

@@ -111,7 +111,7 @@ class Result:
         return self.jobs[self.jobs["t_arrival"] >= self.warmup]
 
     def summary(self) -> dict[str, Any]:
-        """The figures of DESIGN.md section 3, computed on jobs arriving after warm-up."""
+        """The figures of docs/model.md section 3, computed on jobs arriving after warm-up."""
         if self._summary is not None:
             return self._summary
         sim = self.scenario.simulation

@@ -38,7 +38,8 @@ from .records import JobRecords, LatencyRecords, SampleRecords, SplitRecords
 from .telemetry import LocalView, make_view
 
 #: Subsystems that draw random numbers, each from its own spawned stream
-#: (DESIGN.md invariant 4). The order is part of the reproducibility contract.
+#: (docs/model.md invariant 4). The order is part of the reproducibility contract:
+#: a stream added later goes at the end, so that the earlier ones keep their draws.
 STREAMS = ("arrivals", "sizes", "router", "network", "antagonist", "backends")
 
 _new = object.__new__
@@ -182,7 +183,7 @@ class Simulation:
         ctx = RouterContext(
             num_frontends=F,
             num_backends=B,
-            latency=latency,
+            delay=latency,
             connect=scenario.connect,
             rates=scenario.service_rates,
             mean_size=self.mean_size,
@@ -346,7 +347,7 @@ class Simulation:
         now = self.env._now
         b = self.backends[backend]
         b.catch_up(now)
-        reply = ProbeReply(backend, b.jobs, b.latency_estimate(), t_sent, now)
+        reply = ProbeReply(backend, b.jobs, b.sojourn_estimate(), t_sent, now)
         self.env.schedule(Wakeup(self._probe_returns, (on_reply, reply)), NORMAL, back)
 
     @staticmethod

@@ -1,7 +1,7 @@
 """What a frontend can know about the backends: one View class per telemetry mode.
 
 Routers read backend state only through a view, so a router can never see
-fresher state than its telemetry mode allows (DESIGN.md invariant 5):
+fresher state than its telemetry mode allows (docs/model.md invariant 5):
 
 * ``delayed``  (default): frontend i sees backend j as it was d_ij ago;
 * ``periodic``: backends report every ``period`` s (at multiples of it), each

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -65,7 +65,10 @@ class Comparison:
         return self.format_table()
 
     def plot(self) -> Any:
-        """The latency ECDF and CCDF (log tail) of every router: a matplotlib Figure (:func:`lbsim.plots.latency_distribution`)."""
+        """The latency ECDF and CCDF (log tail) of every router: a matplotlib Figure.
+
+        See :func:`lbsim.plots.latency_distribution`.
+        """
         from ..plots import latency_distribution
 
         return latency_distribution(self.jobs, order=list(self.table["router"]), reference=self.optimum)
@@ -165,7 +168,7 @@ def format_comparison(table: pd.DataFrame, optimum: float = math.nan, level: flo
     header = ["router", "seeds", "jobs"] + [title for _, title in columns] + ["/ optimum"]
     body = []
     for row in table.itertuples(index=False):
-        r = row._asdict()
+        r = cast(Any, row)._asdict()  # pandas-stubs type itertuples' namedtuples as plain tuples
         cells = [str(r["router"]), str(r["seeds"]), str(r["jobs"])]
         cells += [_with_interval(r[name], r[f"{name}_low"], r[f"{name}_high"]) for name, _ in columns]
         cells.append(

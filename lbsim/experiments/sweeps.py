@@ -140,7 +140,7 @@ def _column(values: pd.Series) -> pd.Series:
     """Parameter values as one parquet type: lists, tables and mixed types become JSON text."""
     present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     kinds = {type(v) for v in present}
-    if kinds <= {int, float} or len(kinds) == 1 and kinds <= {str, bool}:
+    if kinds <= {int, float} or (len(kinds) == 1 and kinds <= {str, bool}):
         return values
     return pd.Series([None if v is None else json.dumps(v) for v in values], index=values.index, dtype=object)
 

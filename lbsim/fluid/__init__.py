@@ -15,7 +15,8 @@ limit of the stochastic system as ``job_scale -> 0``.
 
 DGD-LB's ``step`` maps to the loop gain of the linearised flow as
 ``K = step * lambda_i * d/dx[1/mu_j'](x*)`` (:func:`~lbsim.routers.dgdlb.dgdlb_critical_step`,
-:func:`~lbsim.routers.dgdlb.critical_gain`, :func:`~lbsim.routers.dgdlb.loop_root`, re-exported here); its ticks add no delay to first
+:func:`~lbsim.routers.dgdlb.critical_gain`, :func:`~lbsim.routers.dgdlb.loop_root`, re-exported
+here); its ticks add no delay to first
 order in ``interval`` (holding an update for an interval lags by half of
 it, applying the update at once leads by as much), which the fluid model
 confirms: the measured critical step is within 1% of the ``T = 2d``

@@ -103,7 +103,7 @@ class Integrator:
         if router.observes:
             span = model.observation.max() + (model.period if self.periodic else 0.0)
             self.obs = _Lags.of(model.observation, dt)
-            self.ring_len = int(math.ceil(span / dt)) + 3
+            self.ring_len = math.ceil(span / dt) + 3
             cols = np.arange(B)[None, :]
             self._obs_a = cols - self.obs.whole * B
             self._obs_b = self._obs_a - B

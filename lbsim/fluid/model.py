@@ -60,7 +60,7 @@ class RateVector:
     def __init__(self, rates: Sequence[RateFamily]):
         self.rates = list(rates)
         self.num_backends = len(self.rates)
-        by_family: dict[type, list[int]] = {}
+        by_family: dict[type[RateFamily], list[int]] = {}
         for j, r in enumerate(self.rates):
             by_family.setdefault(type(r), []).append(j)
         self._groups = []
@@ -74,8 +74,9 @@ class RateVector:
         whole = len(self._groups) == 1 and np.array_equal(self._groups[0][1], np.arange(self.num_backends))
         if whole and self._groups[0][3]:  # one family, formulas vectorise: call it directly
             cls, _, params, _ = self._groups[0]
-            self.value = partial(cls._value, params)
-            self.derivative = partial(cls._derivative, params)
+            # the family's formulas read their parameters by name: a namespace of arrays stands in for one member
+            self.value = partial(cls._value, params)  # type: ignore[method-assign, arg-type]
+            self.derivative = partial(cls._derivative, params)  # type: ignore[method-assign, arg-type]
         # Per group: its backends and the bound formulas (or None: member by member).
         self._methods = {
             method: [
@@ -110,7 +111,7 @@ class RateVector:
         return np.array([r.supremum for r in self.rates], dtype=float)
 
 
-def _vectorises(cls: type, params: SimpleNamespace, members: list[RateFamily]) -> bool:
+def _vectorises(cls: type[RateFamily], params: SimpleNamespace, members: list[RateFamily]) -> bool:
     """Whether ``cls``'s formulas give, on parameter arrays, what each member gives alone."""
     probe = np.array([0.0, 1e-3, 0.3, 1.0, 2.5, 10.0, 1e3])
     x = np.repeat(probe[:, None], len(members), axis=1)
@@ -123,7 +124,7 @@ def _vectorises(cls: type, params: SimpleNamespace, members: list[RateFamily]) -
                 want = np.stack([getattr(r, method)(probe) for r in members], axis=1)
                 if not np.allclose(got, want, rtol=1e-12, atol=0.0, equal_nan=True):
                     return False
-    except Exception:  # noqa: BLE001  (any failure means: evaluate member by member)
+    except Exception:
         return False
     return True
 
@@ -138,17 +139,17 @@ class FluidModel:
         self.connect = scenario.connect
         #: the connect mask, or None when every frontend may use every backend (no masking needed)
         self.allowed = None if self.connect.all() else self.connect
-        self.latency = scenario.latency
-        self.round_trip = 2.0 * self.latency
+        self.delay = scenario.delay
+        self.round_trip = 2.0 * self.delay
         self.rates = RateVector(scenario.service_rates)
         self.band = band
         net = scenario.network
         jitter = net.jitter_distribution
         #: transit delay of a request: d_ij plus the mean jitter (the fluid sees delays through their mean)
-        self.transit = self.latency + (jitter[1] if jitter is not None else 0.0)
+        self.transit = self.delay + (jitter[1] if jitter is not None else 0.0)
         self.telemetry = net.telemetry
         self.period = net.period
-        self.observation = np.zeros_like(self.latency) if net.telemetry == "instant" else self.latency
+        self.observation = np.zeros_like(self.delay) if net.telemetry == "instant" else self.delay
         limits = [b.max_load if b.max_load is not None else math.inf for b in scenario.backends]
         self.max_load = np.array(limits) if any(math.isfinite(v) for v in limits) else None
         self.x0 = self._initial_state(x0)
@@ -221,6 +222,6 @@ def changing_steps(times: Sequence[float], dt: float, n_steps: int) -> np.ndarra
         if t <= 0.0:
             continue
         u = t / dt
-        k = int(math.floor(u + 1e-9))
+        k = math.floor(u + 1e-9)
         steps.update((k - 1, k) if abs(u - round(u)) <= 1e-9 else (k, k + 1))
     return np.array(sorted(s for s in steps if 0 <= s < n_steps), dtype=np.int64)

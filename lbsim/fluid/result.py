@@ -64,8 +64,9 @@ class FluidResult:
         import pandas as pd
 
         frontend, backend = np.nonzero(self.scenario.connect)
-        T = len(self.t) if self.split is not None else 0
-        prob = self.split[:, frontend, backend].reshape(-1) if T else np.empty(0)
+        split = self.split
+        T = len(self.t) if split is not None else 0
+        prob = split[:, frontend, backend].reshape(-1) if split is not None and T else np.empty(0)
         return pd.DataFrame(
             {
                 "t": np.repeat(self.t[:T], len(frontend)),
@@ -85,7 +86,7 @@ class FluidResult:
         load = self.final_load if load is None else load
         split = self.final_split if split is None else split
         flow = self.scenario.demand[:, None] * split
-        network = float((flow * 2.0 * self.scenario.latency).sum())
+        network = float((flow * 2.0 * self.scenario.delay).sum())
         return (network + float(np.sum(load))) / float(flow.sum())
 
     def steady_mean_latency(self, split: np.ndarray | None = None) -> float:

@@ -61,11 +61,11 @@ class NoParams(BaseModel):
 
 
 class ProbeReply(NamedTuple):
-    """What a backend answers to a probe (Prequal): its requests in flight and a latency estimate."""
+    """What a backend answers to a probe (Prequal): its requests in flight and the sojourn a job would see there."""
 
     backend: int
     rif: int
-    latency: float
+    sojourn_estimate: float  # median recent sojourn at about the current RIF; NaN: unknown
     t_sent: float
     t_answered: float
 
@@ -76,7 +76,7 @@ class RouterContext:
 
     num_frontends: int
     num_backends: int
-    latency: np.ndarray  # (F, B) one-way delays d_ij
+    delay: np.ndarray  # (F, B) one-way delays d_ij
     connect: np.ndarray  # (F, B) bool
     rates: Sequence[RateFamily]  # mu_j, for routers that know the rate functions
     mean_size: float  # sbar
@@ -85,6 +85,11 @@ class RouterContext:
     now: Callable[[], float]
     probe: Callable[[int, int, Callable[[ProbeReply], None]], None]  # (frontend, backend, on_reply)
     scenario: Any = None  # the Scenario (for the optimum); routers should prefer the fields above
+
+    @property
+    def latency(self) -> np.ndarray:
+        """The one-way delays d_ij under their name before 0.2 (:attr:`delay`), read-only, for scripts."""
+        return self.delay
 
     @property
     def neighbours(self) -> list[list[int]]:
@@ -100,14 +105,14 @@ class Router:
     #: seconds between calls of :meth:`tick`, or None for routers without one
     tick_interval: float | None = None
     #: a factory ``(backend_index) -> observer`` attached to every backend, for routers
-    #: whose probes ask backends for more than their job count (Prequal's latency at RIF)
+    #: whose probes ask backends for more than their job count (Prequal's sojourn at RIF)
     backend_observer: Callable[[int], Any] | None = None
     #: the router's fluid twin (``lbsim fluid``), or None; set by ``fluid_twin`` and not inherited
     fluid: ClassVar[type[FluidRouter] | None] = None
 
     _UNIFORM_BATCH = 4096
 
-    def __init__(self, params: BaseModel, ctx: RouterContext):
+    def __init__(self, params: BaseModel, ctx: RouterContext) -> None:
         self.params = params
         self.ctx = ctx
         self.neighbours = [[int(j) for j in row] for row in ctx.neighbours]

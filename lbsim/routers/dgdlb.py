@@ -120,7 +120,7 @@ class DGDLB(SplitRouter):
         super().__init__(params, ctx)
         self.tick_interval = params.interval
         self._costs = [marginal_cost_table(r, ctx.mean_size, params.cost_cap) for r in ctx.rates]
-        self._round_trip = 2.0 * np.where(ctx.connect, ctx.latency, 0.0)
+        self._round_trip = 2.0 * np.where(ctx.connect, ctx.delay, 0.0)
         self._allowed = None if ctx.connect.all() else ctx.connect
         self.set_split(self.initial_split(params.init))
 
@@ -130,7 +130,7 @@ class DGDLB(SplitRouter):
         if init == "uniform":
             return connect.astype(float)
         if init == "nearest":
-            d = np.where(connect, ctx.latency, np.inf)
+            d = np.where(connect, ctx.delay, np.inf)
             return (d == d.min(axis=1, keepdims=True)).astype(float)
         from ..optimum import optimum
 

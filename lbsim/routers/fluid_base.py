@@ -96,7 +96,7 @@ class FluidContext(Protocol):
         ...
 
     @property
-    def latency(self) -> np.ndarray:
+    def delay(self) -> np.ndarray:
         """(F, B) one-way delays d_ij."""
         ...
 
@@ -186,7 +186,7 @@ class FluidRouter:
         ctx = RouterContext(
             num_frontends=model.num_frontends,
             num_backends=model.num_backends,
-            latency=model.scenario.latency,
+            delay=model.delay,
             connect=model.connect,
             rates=model.scenario.service_rates,
             mean_size=model.scenario.mean_size,
@@ -199,7 +199,9 @@ class FluidRouter:
         return make_router(self.name, self.params.model_dump(), ctx)
 
 
-def tie_split(cost: np.ndarray, allowed: np.ndarray | None, eps: float, support: np.ndarray | None = None) -> np.ndarray:
+def tie_split(
+    cost: np.ndarray, allowed: np.ndarray | None, eps: float, support: np.ndarray | None = None
+) -> np.ndarray:
     """The band-regularised argmin of each row of ``cost`` over ``allowed``: ``Proj_simplex(-(c - min c)/eps)``.
 
     ``allowed=None`` allows every entry. ``eps = 0`` is the plain argmin with

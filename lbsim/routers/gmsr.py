@@ -80,7 +80,7 @@ class GMSR(Router):
         sbar = ctx.mean_size
         if params.variant == "latency":
             self._keys = [marginal_cost_table(r, sbar, params.cost_cap) for r in ctx.rates]
-            self._offsets = [[2.0 * float(ctx.latency[i, j]) for j in nb] for i, nb in enumerate(self.neighbours)]
+            self._offsets = [[2.0 * float(ctx.delay[i, j]) for j in nb] for i, nb in enumerate(self.neighbours)]
         else:
             make = marginal_rate_table if params.variant == "derivative" else discrete_marginal_rate_table
             # argmax mu' is argmin -mu': one code path for every variant.

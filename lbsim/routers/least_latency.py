@@ -51,7 +51,7 @@ class LeastLatency(Router):
 
         self._sojourn = [expected_sojourn(r) for r in ctx.rates]
         self._sojourn_lists = [t.values for t in self._sojourn]
-        self._round_trip = [[2.0 * float(ctx.latency[i, j]) for j in nb] for i, nb in enumerate(self.neighbours)]
+        self._round_trip = [[2.0 * float(ctx.delay[i, j]) for j in nb] for i, nb in enumerate(self.neighbours)]
 
     def route(self, frontend: int, job: Job, view: View) -> int:
         candidates = self.neighbours[frontend]

@@ -27,7 +27,7 @@ class Nearest(Router):
         super().__init__(params, ctx)
         self._nearest = []
         for i, nb in enumerate(self.neighbours):
-            d = [float(ctx.latency[i, j]) for j in nb]
+            d = [float(ctx.delay[i, j]) for j in nb]
             self._nearest.append([j for j, dj in zip(nb, d) if dj == min(d)])
 
     def route(self, frontend: int, job: Job, view: View) -> int:
@@ -40,4 +40,4 @@ class FluidNearest(FluidRouter):
     """``nearest``: all of a frontend's flow to its closest usable backends (ties share equally)."""
 
     def initial_split(self) -> np.ndarray:
-        return tie_split(self.model.latency, self.model.connect, 0.0)
+        return tie_split(self.model.delay, self.model.connect, 0.0)

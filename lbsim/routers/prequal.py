@@ -10,7 +10,7 @@ learned by probing, rather than load or CPU. In lbsim:
   O(r_probe)); a fractional ``r_probe`` is rounded deterministically per
   frontend, so exactly ``floor(k * r_probe)`` probes leave after its ``k``
   first queries. A probe travels ``d_ij`` to the backend, reads its RIF (jobs present) and its
-  latency estimate there (:class:`LatencyByRif`, below: median latency of
+  sojourn estimate there (:class:`SojournByRif`, below: median sojourn of
   recent jobs that arrived at about the current RIF), and travels ``d_ij``
   back. Probes are asynchronous: a query never waits for its own probes, it
   uses the replies already in the pool. Optional idle probing: every
@@ -33,12 +33,12 @@ learned by probing, rather than load or CPU. In lbsim:
   least: the hottest by RIF if any is hot, else the slowest).
 * **Selection (HCL).** An entry is *hot* if its RIF exceeds the ``q_rif``
   quantile of the RIFs in the last ``rif_window`` probe replies of this
-  frontend. Among cold entries take the lowest latency (then the lowest
+  frontend. Among cold entries take the lowest sojourn estimate (then the lowest
   RIF); if all are hot, the lowest RIF. Ties are broken at random. With
-  fewer than 2 entries, a uniformly random neighbour. An unknown latency
-  (NaN: the backend has completed nothing in the last ``latency_timeout``
+  fewer than 2 entries, a uniformly random neighbour. An unknown estimate
+  (NaN: the backend has completed nothing in the last ``sojourn_timeout``
   s, default ``max_age``) ranks first among the cold: the only way to learn
-  a backend's latency is to send it a job, and ranking it last would lock
+  a backend's sojourn is to send it a job, and ranking it last would lock
   out for good a backend that was once avoided.
 
 Per query the cost is O(r_probe + pool_size) (plus an O(rif_window) list
@@ -69,7 +69,7 @@ from fractions import Fraction
 from functools import partial
 from operator import attrgetter
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from .base import ProbeReply, Router, register
 
@@ -88,9 +88,18 @@ class PrequalParams(BaseModel):
     max_age_services: float = Field(
         10.0, gt=0, description="default max_age in units of the mean lone-job service time sbar/mu_j(sbar)"
     )
-    latency_window: int = Field(16, ge=1, description="backend side: recent latencies kept per RIF bucket")
-    latency_timeout: float | None = Field(
-        None, gt=0, description="backend side: latency unknown after this long without a completion (default: max_age)"
+    # named latency_* before 0.2 (Prequal's server-side "latency" is a job's sojourn): still accepted
+    sojourn_window: int = Field(
+        16,
+        ge=1,
+        validation_alias=AliasChoices("sojourn_window", "latency_window"),
+        description="backend side: recent sojourns kept per RIF bucket",
+    )
+    sojourn_timeout: float | None = Field(
+        None,
+        gt=0,
+        validation_alias=AliasChoices("sojourn_timeout", "latency_timeout"),
+        description="backend side: sojourn estimate unknown after this long without a completion (default: max_age)",
     )
     idle_probe_interval: float | None = Field(
         None, gt=0, description="seconds between idle probes of a frontend that sent none (default: off)"
@@ -100,26 +109,27 @@ class PrequalParams(BaseModel):
 class PoolEntry:
     """A probe reply in a frontend's pool, with what this frontend has done with it since."""
 
-    __slots__ = ("backend", "rif", "latency", "order", "t_answered", "uses_left")
+    __slots__ = ("backend", "order", "rif", "sojourn_estimate", "t_answered", "uses_left")
 
-    def __init__(self, backend: int, rif: int, latency: float, t_answered: float, uses_left: float):
+    def __init__(self, backend: int, rif: int, sojourn_estimate: float, t_answered: float, uses_left: float):
         self.backend = backend
         self.rif = rif  # plus one for each query this frontend has sent there since
-        self.latency = latency  # NaN: unknown
-        self.order = latency if latency == latency else -INF  # unknown latency ranks first among the cold
+        self.sojourn_estimate = sojourn_estimate  # NaN: unknown
+        # an unknown estimate ranks first among the cold
+        self.order = sojourn_estimate if sojourn_estimate == sojourn_estimate else -INF
         self.t_answered = t_answered
         self.uses_left = uses_left
 
     def __repr__(self) -> str:
         return (
-            f"PoolEntry(backend={self.backend}, rif={self.rif}, latency={self.latency:.4g}, "
+            f"PoolEntry(backend={self.backend}, rif={self.rif}, sojourn_estimate={self.sojourn_estimate:.4g}, "
             f"t_answered={self.t_answered:.6g}, uses_left={self.uses_left})"
         )
 
 
 @register
 class Prequal(Router):
-    """Prequal: probe r_probe random backends per query, pick from the probe pool by hot-cold RIF/latency.
+    """Prequal: probe r_probe random backends per query, pick from the probe pool by hot-cold RIF/sojourn.
 
     Wydrowski et al., "Load is not what you should balance: Introducing
     Prequal", NSDI 2024 (arXiv:2312.10172). See the module docstring for the
@@ -152,9 +162,9 @@ class Prequal(Router):
         self._budget_terms = (params.r_probe, params.r_remove, params.delta)
         self._neighbour_counts = [len(nb) for nb in self.neighbours]
         self.max_age = params.max_age if params.max_age is not None else params.max_age_services * self.service_time()
-        window = params.latency_window
-        timeout = params.latency_timeout if params.latency_timeout is not None else self.max_age
-        self.backend_observer = lambda _j: LatencyByRif(window, timeout, ctx.now)
+        window = params.sojourn_window
+        timeout = params.sojourn_timeout if params.sojourn_timeout is not None else self.max_age
+        self.backend_observer = lambda _j: SojournByRif(window, timeout, ctx.now)
         if params.idle_probe_interval is not None:
             self.tick_interval = params.idle_probe_interval
 
@@ -236,7 +246,7 @@ class Prequal(Router):
                 return  # overtaken on the way (jitter): the pool already has fresher news
             del pool[backend]
         uses = self.draw_reuses(len(pool), self._neighbour_counts[frontend])
-        pool[backend] = PoolEntry(backend, rif, reply.latency, reply.t_answered, uses)
+        pool[backend] = PoolEntry(backend, rif, reply.sojourn_estimate, reply.t_answered, uses)
         if len(pool) > self._pool_size:
             del pool[self.oldest(pool).backend]
 
@@ -269,7 +279,10 @@ class Prequal(Router):
         return ordered[min(max(k, 0), len(ordered) - 1)]
 
     def select(self, pool: dict[int, PoolEntry], threshold: float) -> PoolEntry:
-        """The entry HCL picks: the cold one with the lowest (latency, RIF), else the lowest RIF (ties at random)."""
+        """The entry HCL picks: the cold one with the lowest (sojourn estimate, RIF), else the lowest RIF.
+
+        Ties are broken at random.
+        """
         cold = [e for e in pool.values() if e.rif <= threshold]
         if cold:
             best = min(cold, key=_COLD_ORDER)
@@ -307,7 +320,7 @@ def _rational(rate: float) -> tuple[int, int]:
     return f.numerator, f.denominator
 
 
-# -- the backend side: latency at RIF -----------------------------------------------------------
+# -- the backend side: sojourn at RIF -----------------------------------------------------------
 #: RIFs below this have a bucket each (must be a power of two >= 4)
 EXACT_BELOW = 8
 #: buckets per doubling above EXACT_BELOW
@@ -342,20 +355,21 @@ def median(values) -> float:
     return s[h] if n % 2 else 0.5 * (s[h - 1] + s[h])
 
 
-class LatencyByRif:
-    """One backend's latency-at-RIF history (Prequal): ``window`` recent latencies per RIF bucket.
+class SojournByRif:
+    """One backend's sojourn-at-RIF history (Prequal): ``window`` recent sojourns per RIF bucket.
 
-    What a backend answers a probe about latency: the median latency of recent
-    jobs at its current RIF. With a ``clock``, a backend that has completed
+    What a backend answers a probe: the median sojourn of recent jobs at its
+    current RIF (the paper calls it the server's latency; in lbsim latency is
+    the response time at the frontend, network included). With a ``clock``, a backend that has completed
     nothing for ``timeout`` seconds answers NaN (**Idle backends**, below).
 
     Prequal (Wydrowski, Kleinberg, Rumble, Archer, "Load is not what you should
     balance: Introducing Prequal", NSDI 2024, arXiv:2312.10172) has
     each server answer a probe with its requests in flight (RIF) and an estimate
-    of the latency a query would see now: the median latency of recently
-    completed queries that arrived when the RIF was about what it is now. Latency
+    of the time a query would spend there now: the median of recently
+    completed queries that arrived when the RIF was about what it is now. Sojourn
     grows with RIF at a rate that differs from server to server (capacity,
-    antagonist load), so keying the history by RIF gives a latency that is
+    antagonist load), so keying the history by RIF gives an estimate that is
     current for the server's present state, not an average over whatever states
     it went through.
 
@@ -364,8 +378,8 @@ class LatencyByRif:
 
     * ``arrived(job, now, rif)``: ``rif`` is the number of jobs present before
       this one; the job is tagged with its bucket;
-    * ``finished(job, now)``: the job's server-side latency (its sojourn,
-      ``now - t_backend_arrival``) joins the window of its arrival bucket;
+    * ``finished(job, now)``: the job's sojourn (the paper's server-side
+      latency, ``now - t_backend_arrival``) joins the window of its arrival bucket;
     * ``estimate(rif)``: the median of the window of ``rif``'s bucket.
 
     **Bucketing.** RIFs below 8 have a bucket each; above, buckets are 4 per
@@ -374,7 +388,7 @@ class LatencyByRif:
     exact buckets would then each see few jobs and answer from stale data; a
     relative width keeps "about the current RIF" meaning the same at any scale.
 
-    **Windows.** Each bucket keeps the latencies of its last ``window`` jobs
+    **Windows.** Each bucket keeps the sojourns of its last ``window`` jobs
     (a deque), so memory is bounded by the number of buckets (logarithmic in the
     largest RIF) times ``window``, plus one tag per job present. The median is
     cached per bucket until the bucket changes. Windows are bounded by count,
@@ -389,19 +403,19 @@ class LatencyByRif:
     it sends none of the jobs that would refresh that history: without this
     rule a backend that was slow once is locked out for good.
 
-    **Fallback.** A bucket without latencies answers with the median of the
+    **Fallback.** A bucket without sojourns answers with the median of the
     nearest bucket that has some (on a tie, the higher one), scaled by
-    ``(rif + 1) / (rif' + 1)`` with ``rif'`` the middle of that bucket: latency
+    ``(rif + 1) / (rif' + 1)`` with ``rif'`` the middle of that bucket: sojourn
     per request in flight, counting the new one, as in a queue where each job
     waits for those ahead of it. A plain nearest-bucket answer is optimistic
     for a backend whose RIF climbs past what it has seen (it answers with the
-    latency of a lower RIF) and such a backend attracts yet more queries. For
-    concave rates (LLM batching) latency grows more slowly than RIF, so the
+    sojourn of a lower RIF) and such a backend attracts yet more queries. For
+    concave rates (LLM batching) sojourn grows more slowly than RIF, so the
     scaled answer errs on the pessimistic side. A backend that has completed
     nothing answers NaN.
     """
 
-    __slots__ = ("window", "timeout", "clock", "last_done", "_windows", "_medians", "_known", "_tags")
+    __slots__ = ("_known", "_medians", "_tags", "_windows", "clock", "last_done", "timeout", "window")
 
     def __init__(self, window: int = 16, timeout: float = math.inf, clock: Callable[[], float] | None = None):
         if window < 1:
@@ -414,7 +428,7 @@ class LatencyByRif:
         self.last_done = -math.inf
         self._windows: dict[int, deque[float]] = {}
         self._medians: dict[int, float] = {}  # cache, dropped for a bucket when its window changes
-        self._known: list[int] = []  # sorted buckets that have latencies
+        self._known: list[int] = []  # sorted buckets that have sojourns
         self._tags: dict[int, int] = {}  # job_id -> bucket at its arrival, for the jobs present
 
     # -- observer hooks (called by the backend) -----------------------------------------
@@ -426,7 +440,7 @@ class LatencyByRif:
         self.last_done = now
 
     def estimate(self, rif: int) -> float:
-        """The median recent latency at about ``rif`` (else scaled from the nearest bucket; NaN if unknown)."""
+        """The median recent sojourn at about ``rif`` (else scaled from the nearest bucket; NaN if unknown)."""
         if self.clock is not None and self.clock() - self.last_done > self.timeout:
             return math.nan
         bucket = rif_bucket(rif)
@@ -438,15 +452,15 @@ class LatencyByRif:
         low, high = bucket_range(nearest)
         return self._median(nearest) * (rif + 1) / (0.5 * (low + high) + 1)
 
-    def add(self, bucket: int, latency: float) -> None:
+    def add(self, bucket: int, sojourn: float) -> None:
         values = self._windows.get(bucket)
         if values is None:
             values = self._windows[bucket] = deque(maxlen=self.window)
             insort(self._known, bucket)
-        values.append(latency)
+        values.append(sojourn)
         self._medians.pop(bucket, None)
 
-    def latencies(self, rif: int) -> list[float]:
+    def sojourns(self, rif: int) -> list[float]:
         """The window of ``rif``'s bucket, oldest first (empty if none)."""
         return list(self._windows.get(rif_bucket(rif), ()))
 
