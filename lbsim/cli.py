@@ -256,7 +256,9 @@ def optimum(scenario, overrides, as_json):
     if as_json:
         click.echo(json.dumps(opt.to_dict(), indent=2))
         return
-    click.echo(f"mean latency {opt.mean_latency:.6g} s (network {opt.mean_network:.4g}, sojourn {opt.mean_sojourn:.4g})")
+    click.echo(
+        f"mean latency {opt.mean_latency:.6g} s (network {opt.mean_network:.4g}, sojourn {opt.mean_sojourn:.4g})"
+    )
     click.echo("backend loads and marginal costs:")
     for j in range(s.num_backends):
         click.echo(
@@ -285,9 +287,13 @@ def _router_list(text: str) -> list[str]:
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--routers", required=True, help="comma-separated routers, each NAME or NAME:param=value,...")
-@click.option("--seeds", default="5", show_default=True, help="number of seeds (from simulation.seed on) or a list 1,2,3")
+@click.option(
+    "--seeds", default="5", show_default=True, help="number of seeds (from simulation.seed on) or a list 1,2,3"
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--out", type=click.Path(file_okay=False), help="write comparison.parquet/.csv, runs.parquet, latency_ccdf.png")
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="write comparison.parquet/.csv, runs.parquet, latency_ccdf.png"
+)
 @click.option("--workers", type=int, default=1, show_default=True, help="parallel runs")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
 @click.option("--scheduler", help="dask scheduler address (default: a LocalCluster)")

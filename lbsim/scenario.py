@@ -9,6 +9,7 @@ it is given. Every error names the offending key and what is wrong with it
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import tomllib
 import warnings
@@ -20,10 +21,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from .backends import DEFAULT_MODEL, BackendModel, Workload, backend_class, validate_params
 from .distributions import DISTRIBUTIONS, Distribution, make_distribution
 from .errors import ScenarioError, unknown
 from .llm.tokens import TokenMoments, TokenWorkload, make_tokens, read_arrival_trace
-from .backends import DEFAULT_MODEL, BackendModel, BackendParams, Workload, backend_class, validate_params
 from .rates import RateFamily
 
 TELEMETRY_MODES = ("delayed", "periodic", "instant", "none")
@@ -47,7 +48,7 @@ def _check_schedule(schedule: Schedule | None, what: str) -> Schedule | None:
     if not schedule:
         raise ValueError("must list at least one [time, multiplier] pair")
     times = [t for t, _ in schedule]
-    if any(b <= a for a, b in zip(times, times[1:])):
+    if any(b <= a for a, b in itertools.pairwise(times)):
         raise ValueError("times must be strictly increasing")
     if times[0] < 0:
         raise ValueError(f"times must be >= 0, got {times[0]}")
@@ -68,7 +69,8 @@ class SimulationTable(_Table):
     record_jobs: bool = Field(True, description="keep one record per job (jobs.parquet)")
     mode: Literal["open", "saturated"] = Field(
         "open",
-        description="open: Poisson frontends; saturated: every request of jobs.tokens waits at t = 0 in the one llm backend",
+        description="open: Poisson frontends; saturated: every request of jobs.tokens waits at t = 0 "
+        "in the one llm backend",
     )
     record_steps: Literal["all", "sampled"] | None = Field(
         None,
@@ -99,7 +101,9 @@ class JobsTable(_Table):
         description="prompt and output tokens of each request, e.g. { kind = 'azure_conversation' }; "
         "a job's size is then its output tokens",
     )
-    count: int | None = Field(None, ge=1, description="saturated mode: how many requests (default: a pairs file's rows)")
+    count: int | None = Field(
+        None, ge=1, description="saturated mode: how many requests (default: a pairs file's rows)"
+    )
 
     @cached_property
     def distribution(self) -> Distribution:
@@ -127,7 +131,8 @@ class FrontendTable(_Table):
     name: str | None = None
     rate: float | None = Field(None, gt=0, description="work units per second (required unless a trace is given)")
     trace: str | None = Field(
-        None, description="CSV of arrivals (time,prompt,output) replacing the Poisson stream; path relative to the scenario"
+        None,
+        description="CSV of arrivals (time,prompt,output) replacing the Poisson stream; path relative to the scenario",
     )
     rate_schedule: Schedule | None = Field(
         None, description="[[time, multiplier], ...]: multiplies this frontend's rate (demand that follows the sun)"
@@ -197,7 +202,7 @@ class BackendTable(_Table):
     name: str | None = None
     model: str = Field(DEFAULT_MODEL, description="backend model (lbsim backends lists them)")
     antagonist: AntagonistTable | None = None
-    _params: BackendParams = PrivateAttr()
+    _params: BaseModel = PrivateAttr()
 
     @model_validator(mode="after")
     def _model_params(self):
@@ -208,7 +213,7 @@ class BackendTable(_Table):
         return self
 
     @property
-    def params(self) -> BackendParams:
+    def params(self) -> BaseModel:
         """The model's parameters, validated."""
         return self._params
 
@@ -357,7 +362,8 @@ class Scenario(_Table):
         for j, (b, mu) in enumerate(zip(self.backends, self.service_rates)):
             if mu is None:
                 raise ScenarioError(
-                    f"backends[{j}].model", f"backend model '{b.model}' has no fluid rate function mu(x): {needed_by} needs one"
+                    f"backends[{j}].model",
+                    f"backend model '{b.model}' has no fluid rate function mu(x): {needed_by} needs one",
                 )
         return list(self.service_rates)  # type: ignore[arg-type]
 
@@ -404,15 +410,17 @@ class Scenario(_Table):
         for i in range(F):
             if not (connect[i] & usable).any():
                 raise ScenarioError(f"network.connect[{i}]", f"frontend {self.frontend_label(i)} has no usable backend")
-        self.jobs.distribution  # validates size parameters now, not mid-run
-        self.jobs.token_moments
+        # Read now, so that bad size, token and jitter parameters are load errors, not mid-run ones.
+        _ = self.jobs.distribution, self.jobs.token_moments, self.network.jitter_distribution
         for j, b in enumerate(self.backends):
             b.model_class.check_scenario(b.params, self, f"backends[{j}]")
-        self.network.jitter_distribution
         from .routers.base import router_class, validate_params
 
         params = validate_params(self.router.name, self.router.params)
-        router_class(self.router.name).check_scenario(params, self)
+        router = router_class(self.router.name)
+        router.check_scenario(params, self)
+        if router.uses_rates:
+            self.rate_functions(f"router '{self.router.name}'")
         for name in ("frontends", "backends"):
             names = [x.name for x in getattr(self, name) if x.name is not None]
             if len(names) != len(set(names)):
@@ -438,7 +446,7 @@ class Scenario(_Table):
             if f.trace is not None:
                 if self.jobs.tokens is None:
                     raise ScenarioError(f"frontends[{i}].trace", "a trace of tokens needs jobs.tokens")
-                f.arrivals  # read and checked now, not mid-run
+                _ = f.arrivals  # read and checked now, not mid-run
 
     def frontend_label(self, i: int) -> str:
         return self.frontends[i].name or str(i)
@@ -452,7 +460,7 @@ class Scenario(_Table):
             return None  # no arrivals: the work is all there at t = 0
         reachable = self.connect.any(axis=0)
         peak = max([1.0] + [m for _, m in self.simulation.rate_schedule or []])
-        capacity = sum(self.supremum(j) for j, r in enumerate(reachable) if r)
+        capacity = math.fsum(self.supremum(int(j)) for j in np.flatnonzero(reachable))
         offered = float(self.demand.sum()) * peak
         if offered >= capacity:
             return (
@@ -464,13 +472,13 @@ class Scenario(_Table):
     # -- construction ------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], overrides: Iterable[str] = ()) -> Scenario:
-        data = copy.deepcopy(dict(data))
+        table: dict[str, Any] = copy.deepcopy(dict(data))
         for item in overrides:
-            apply_override(data, item)
+            apply_override(table, item)
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(table)
         except ValidationError as exc:
-            raise _first_error(exc, data) from None
+            raise _first_error(exc, table) from None
 
     def replace(self, **sections: Any) -> Scenario:
         """A copy with some keys changed, given as dotted paths: ``replace(**{"simulation.seed": 3})``."""

@@ -77,6 +77,7 @@ class EngineState(NamedTuple):
     free_slots: int  #: batch slots free (a rate backend: 0)
     pool_length: int  #: requests waiting for a slot (a rate backend: 0)
 
+
 BACKENDS: dict[str, type[BackendModel]] = {}
 DEFAULT_MODEL = "rate"
 
@@ -88,7 +89,9 @@ def register_backend(cls: B) -> B:
     if not cls.name:
         raise ValueError(f"backend model {cls.__qualname__} has no name")
     if cls.name in BACKENDS and BACKENDS[cls.name] is not cls:
-        raise ValueError(f"two backend models are named {cls.name!r}: {BACKENDS[cls.name].__qualname__} and {cls.__qualname__}")
+        raise ValueError(
+            f"two backend models are named {cls.name!r}: {BACKENDS[cls.name].__qualname__} and {cls.__qualname__}"
+        )
     BACKENDS[cls.name] = cls
     return cls
 
@@ -119,10 +122,10 @@ class BackendContext:
 class BackendModel:
     """Base class of backend models: the telemetry history, and the contract's defaults."""
 
-    __slots__ = ("index", "context", "env", "jobs", "next_done", "observer", "history_t", "history_n", "_prune_at")
+    __slots__ = ("_prune_at", "context", "env", "history_n", "history_t", "index", "jobs", "next_done", "observer")
 
     name: ClassVar[str] = ""
-    Params: ClassVar[type[BackendParams]] = BackendParams
+    Params: ClassVar[type[BaseModel]] = BackendParams
     #: parameter sets the conformance suite runs (every model declares at least one)
     examples: ClassVar[tuple[dict[str, Any], ...]] = ()
     #: the ``[jobs]`` keys the examples need (an llm backend's requests are in tokens)
@@ -130,7 +133,7 @@ class BackendModel:
     #: whether :meth:`set_multiplier` (antagonist load) is supported
     supports_antagonist: ClassVar[bool] = False
 
-    def __init__(self, index: int, params: BackendParams, context: BackendContext):
+    def __init__(self, index: int, params: BaseModel, context: BackendContext):
         self.index = index
         self.context = context
         self.env = context.env
@@ -158,17 +161,17 @@ class BackendModel:
         raise NotImplementedError(f"backend model {self.name!r} does not support antagonists")
 
     @classmethod
-    def rate_function(cls, params: BackendParams, workload: Workload) -> RateFamily | None:
+    def rate_function(cls, params: BaseModel, workload: Workload) -> RateFamily | None:
         """The fluid rate ``mu(x)`` (work units per second at load x), or None if the model has none."""
         return None
 
     @classmethod
-    def load_limit(cls, params: BackendParams, workload: Workload) -> float:
+    def load_limit(cls, params: BaseModel, workload: Workload) -> float:
         """The largest load the fluid rate counts: the fluid departure rate is ``mu(min(x, limit))``."""
         return INF
 
     @classmethod
-    def parse_params(cls, table: Mapping[str, Any], key: str) -> BackendParams:
+    def parse_params(cls, table: Mapping[str, Any], key: str) -> BaseModel:
         """The model's parameters from its keys in a ``[[backends]]`` table; errors name ``key.param``."""
         try:
             return cls.Params.model_validate(dict(table))
@@ -186,7 +189,7 @@ class BackendModel:
             raise ScenarioError(err.key.lstrip("."), err.message) from None
 
     @classmethod
-    def params_table(cls, params: BackendParams) -> dict[str, Any]:
+    def params_table(cls, params: BaseModel) -> dict[str, Any]:
         """The parameters as the TOML table they are built from (for ``Scenario.to_dict``)."""
         data: dict[str, Any] = {}
         for name, value in params.model_dump(mode="python", exclude_none=True, serialize_as_any=True).items():
@@ -196,7 +199,7 @@ class BackendModel:
         return data
 
     @classmethod
-    def check_scenario(cls, params: BackendParams, scenario: Any, key: str) -> None:
+    def check_scenario(cls, params: BaseModel, scenario: Any, key: str) -> None:
         """Checks that need the whole scenario, run when it is loaded (raise ScenarioError naming ``key``...)."""
 
     def engine_state_at(self, t: float) -> EngineState:
@@ -227,7 +230,7 @@ class BackendModel:
         return self.history_n[bisect_right(self.history_t, t) - 1]
 
     def sojourn_estimate(self) -> float:
-        """What the backend answers a probe: the sojourn its observer estimates at its current jobs (NaN without one)."""
+        """What the backend answers a probe: its observer's sojourn estimate at its current jobs (NaN without one)."""
         return self.observer.estimate(self.jobs) if self.observer is not None else float("nan")
 
     def record(self, now: float) -> None:
@@ -262,7 +265,7 @@ def backend_class(name: str, key: str = "model") -> type[BackendModel]:
     return BACKENDS[name]
 
 
-def validate_params(name: str, params: Mapping[str, Any], key: str = "") -> BackendParams:
+def validate_params(name: str, params: Mapping[str, Any], key: str = "") -> BaseModel:
     """A model's parameters, checked; errors name the key relative to the backend's table."""
     cls = backend_class(name, f"{key}.model" if key else "model")
     return cls.parse_params(params, key)

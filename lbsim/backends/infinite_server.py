@@ -31,7 +31,7 @@ class InfiniteServerParams(BackendParams):
 class InfiniteServer(BackendModel):
     """Every job in service at once at a fixed speed: a job of size s stays s / speed (M/G/inf)."""
 
-    __slots__ = ("speed", "in_service", "_version")
+    __slots__ = ("_version", "in_service", "speed")
 
     name: ClassVar[str] = "infinite_server"
     Params = InfiniteServerParams

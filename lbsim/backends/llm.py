@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 from simpy.core import NORMAL
 
 from ..errors import ScenarioError
@@ -35,7 +36,7 @@ from ..llm.params import LLMParams
 from ..llm.request import LLMRequest
 from ..llm.steps import StepLog
 from ..rates import RateFamily
-from .base import BackendContext, BackendModel, BackendParams, EngineState, Workload, register_backend
+from .base import BackendContext, BackendModel, EngineState, Workload, register_backend
 
 INF = float("inf")
 
@@ -44,7 +45,7 @@ INF = float("inf")
 class LLMBackend(BackendModel):
     """A data-parallel LLM engine: G ranks x B slots stepping behind a barrier, an admission policy (docs/llm.md)."""
 
-    __slots__ = ("engine", "requests", "state_t", "state", "_version", "_lazy")
+    __slots__ = ("_lazy", "_version", "engine", "requests", "state", "state_t")
 
     name: ClassVar[str] = "llm"
     Params = LLMParams  # type: ignore[assignment]
@@ -106,8 +107,7 @@ class LLMBackend(BackendModel):
         while self.next_done <= now:
             t = self.next_done
             done = engine.advance(t)  # exactly the step ending at t
-            for request in done:
-                self.jobs -= 1
+            self.jobs -= len(done)
             if done:
                 self.record(t)
             self._record_state(t)
@@ -158,14 +158,14 @@ class LLMBackend(BackendModel):
 
     # -- what the model tells the rest ----------------------------------------------------
     @classmethod
-    def parse_params(cls, table: Mapping[str, Any], key: str) -> BackendParams:
+    def parse_params(cls, table: Mapping[str, Any], key: str) -> BaseModel:
         try:
             return LLMParams.from_spec(table, key)  # type: ignore[return-value]
         except ScenarioError as err:
             raise ScenarioError(err.key.lstrip("."), err.message) from None
 
     @classmethod
-    def params_table(cls, params: BackendParams) -> dict[str, Any]:
+    def params_table(cls, params: BaseModel) -> dict[str, Any]:
         return params.spec()  # type: ignore[attr-defined, no-any-return]
 
     @classmethod
@@ -181,7 +181,7 @@ class LLMBackend(BackendModel):
         return params.workers * params.slots * workload.mean_size
 
     @classmethod
-    def check_scenario(cls, params: BackendParams, scenario: Any, key: str) -> None:
+    def check_scenario(cls, params: BaseModel, scenario: Any, key: str) -> None:
         if scenario.jobs.tokens is None:
             raise ScenarioError("jobs.tokens", f"required: {key} is an llm backend, whose requests are in tokens")
 

@@ -51,7 +51,9 @@ INF = math.inf
 class RateParams(BackendParams):
     """The ``rate`` model's keys in a ``[[backends]]`` table."""
 
-    discipline: Literal["ps", "fifo"] = Field("ps", description="ps: jobs share the rate; fifo: the head of line gets it")
+    discipline: Literal["ps", "fifo"] = Field(
+        "ps", description="ps: jobs share the rate; fifo: the head of line gets it"
+    )
     service: RateFamily = Field(description="the rate family mu(x), e.g. { kind = 'saturating', c = 4.0, k = 2.0 }")
     max_load: float | None = Field(None, gt=0, description="ps only: at most floor(max_load/sbar) jobs in service")
 
@@ -72,8 +74,22 @@ class RateBackend(BackendModel):
     """Jobs sharing a load-dependent service rate mu(x) (processor sharing or FIFO), event times exact."""
 
     __slots__ = (
-        "mu", "mean_size", "capacity", "rate_counts_all", "multiplier", "service", "waiting", "virtual",
-        "t_last", "rate", "_rates", "_scheduled", "_version", "on_done", "lazy", "_keep_history",
+        "_keep_history",
+        "_rates",
+        "_scheduled",
+        "_version",
+        "capacity",
+        "lazy",
+        "mean_size",
+        "mu",
+        "multiplier",
+        "on_done",
+        "rate",
+        "rate_counts_all",
+        "service",
+        "t_last",
+        "virtual",
+        "waiting",
     )  # fmt: skip
 
     name: ClassVar[str] = "rate"
@@ -91,7 +107,8 @@ class RateBackend(BackendModel):
         mean_size = self.mean_size = context.mean_size
         self.mu = params.service
         if params.discipline == "fifo":
-            self.capacity, self.rate_counts_all = 1, True
+            self.capacity: float = 1
+            self.rate_counts_all = True
         elif params.max_load is not None:
             self.capacity, self.rate_counts_all = max(1, int(params.max_load / mean_size + 1e-9)), False
         else:

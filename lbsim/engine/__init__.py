@@ -37,7 +37,8 @@ def run_saturated(scenario, seed: int | None = None):
     sim = scenario.simulation
     interval = sim.sample_interval if sim.record_steps == "sampled" else None
     started = time.perf_counter()
-    run = play(scenario.backends[0].params, prompts, outputs, streams["backends"][0], name="0", sample_interval=interval)
+    params = scenario.backends[0].params
+    run = play(params, prompts, outputs, streams["backends"][0], name="0", sample_interval=interval)
     return Result.from_saturated(scenario, seed, run, time.perf_counter() - started)
 
 

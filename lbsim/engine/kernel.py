@@ -15,12 +15,19 @@ so processes and SimPy events work on a ``Kernel`` as on any environment.
 from __future__ import annotations
 
 from heapq import heappop
+from typing import TYPE_CHECKING, Any
 
 import simpy
 from simpy.core import URGENT
 
 
 class Kernel(simpy.Environment):
+    """A SimPy environment whose run loop is inlined; it also takes lightweight events (``lbsim.events.Wakeup``)."""
+
+    if TYPE_CHECKING:  # SimPy types ``schedule`` for its Event; any object with callbacks and _ok will do
+
+        def schedule(self, event: Any, priority: Any = ..., delay: Any = ...) -> None: ...
+
     def run_until(self, horizon: float) -> None:
         """Process every event before ``horizon``, as ``run(until=horizon)`` does.
 
@@ -37,7 +44,7 @@ class Kernel(simpy.Environment):
                 return
             # As in simpy.Environment.step: detach the callbacks first, so a
             # callback can reschedule its own event (arrival streams do).
-            callbacks, event.callbacks = event.callbacks, None
+            callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]
             for callback in callbacks:
                 callback(event)
             if not event._ok and not hasattr(event, "_defused"):

@@ -128,7 +128,7 @@ class Result:
             "horizon": sim.horizon,
             "warmup": sim.warmup,
             **self.counts,
-            "jobs_measured": int(len(latency)),
+            "jobs_measured": len(latency),
             "mean_latency": float(latency.mean()) if some else nan,
             **{name: float(np.quantile(latency, q)) if some else nan for name, q in QUANTILES.items()},
             "mean_sojourn": float(m.sojourn.mean()) if some else nan,

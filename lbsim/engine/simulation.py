@@ -29,10 +29,11 @@ import numpy as np
 from simpy.core import NORMAL, URGENT
 
 from ..backends import BackendContext, BackendModel
-from ..routers.base import ProbeReply, Router, RouterContext, make_router
-from ..scenario import Scenario
 from ..events import Wakeup
 from ..jobs import Job
+from ..rates import RateFamily
+from ..routers.base import ProbeReply, Router, RouterContext, make_router, router_class
+from ..scenario import Scenario
 from .kernel import Kernel
 from .records import JobRecords, LatencyRecords, SampleRecords, SplitRecords
 from .telemetry import LocalView, make_view
@@ -67,7 +68,9 @@ class ArrivalStream:
     ``job_scale * output`` (docs/llm.md).
     """
 
-    def __init__(self, frontend: int, job_rate: float, schedule, arrival_rng, size_rng, sample_size, sample_tokens=None):
+    def __init__(
+        self, frontend: int, job_rate: float, schedule, arrival_rng, size_rng, sample_size, sample_tokens=None
+    ):
         self.frontend = frontend
         self.job_rate = job_rate
         self.arrival_rng = arrival_rng
@@ -185,7 +188,7 @@ class Simulation:
             num_backends=B,
             delay=latency,
             connect=scenario.connect,
-            rates=scenario.service_rates,
+            rates=self._rates(router_name),
             mean_size=self.mean_size,
             demand=scenario.demand,
             rng=streams["router"][0],
@@ -225,7 +228,12 @@ class Simulation:
         self.jitter = None
         if (jitter := scenario.network.jitter_distribution) is not None:
             dist, mean = jitter
-            self.jitter = _Buffered(lambda n, r=streams["network"][0]: dist.sample(r, n, mean))
+            rng = streams["network"][0]
+
+            def draw(n: int) -> np.ndarray:
+                return dist.sample(rng, n, mean)
+
+            self.jitter = _Buffered(draw)
 
         size = scenario.jobs.distribution
         size_mean, scale = scenario.jobs.mean, scenario.simulation.job_scale
@@ -265,6 +273,12 @@ class Simulation:
         # Every arrival event gets this one tuple as its callbacks: the kernel only
         # iterates over them, and a new list and bound method per job cost 3%.
         self._arrive_callbacks = (self._arrive,)
+
+    def _rates(self, router: str) -> list[RateFamily]:
+        """mu_j for the router's context: all of them for a router that reads them (or a one-line error)."""
+        if router_class(router).uses_rates:
+            return self.scenario.rate_functions(f"router '{router}'")
+        return [mu for mu in self.scenario.service_rates if mu is not None]  # (unread)
 
     # -- the path of a job ------------------------------------------------------------
     def _arrive(self, event: Wakeup) -> None:
@@ -307,13 +321,13 @@ class Simulation:
         if t < self.horizon:
             event.callbacks = self._arrive_callbacks
             # env.schedule inlined, at the absolute time t (no now + (t - now) rounding)
-            heappush(env._queue, (t, NORMAL, next(env._eid), event))
+            heappush(env._queue, (t, NORMAL, next(env._eid), event))  # type: ignore[misc]
 
     def _extras(self, job: Job, delay: float) -> float:
         """What only some runs need on a job's way out: local telemetry counts and jitter."""
-        if self.local_view:
-            self.view.outstanding[job.frontend][job.backend] += 1
-            self.view.outstanding_work[job.frontend][job.backend] += job.size
+        if isinstance(view := self.view, LocalView):
+            view.outstanding[job.frontend][job.backend] += 1
+            view.outstanding_work[job.frontend][job.backend] += job.size
         if self.jitter is not None:  # both directions drawn now, in arrival order: reproducible
             delay += self.jitter.next()
             job.return_delay += self.jitter.next()
@@ -331,9 +345,9 @@ class Simulation:
 
     def _respond(self, event: Wakeup) -> None:
         job = event.payload
-        if self.local_view:
-            self.view.outstanding[job.frontend][job.backend] -= 1
-            self.view.outstanding_work[job.frontend][job.backend] -= job.size
+        if isinstance(view := self.view, LocalView):
+            view.outstanding[job.frontend][job.backend] -= 1
+            view.outstanding_work[job.frontend][job.backend] -= job.size
         self.router.on_response(job.frontend, job)
 
     # -- probes (Prequal) -------------------------------------------------------------
@@ -378,8 +392,8 @@ class Simulation:
         for b in self.backends:
             b.catch_up(t)
         self.samples.add(t, self.backends)
-        if self.splits is not None:
-            self.splits.add(t, self.router.split())
+        if self.splits is not None and (split := self.router.split()) is not None:
+            self.splits.add(t, split)
         if self._progress is not None:
             self._progress.update(t - self._progress.n)
 
@@ -391,7 +405,7 @@ class Simulation:
             if ant.schedule is not None:
                 for t, m in ant.schedule:
                     self.env.schedule(Wakeup(lambda _e, b=backend, m=m: b.set_multiplier(m)), URGENT, t)
-            else:
+            elif ant.levels is not None and ant.hold is not None:  # (the table requires both)
                 self._switching(backend, ant.levels, ant.hold, rng)
 
     def _switching(self, backend: BackendModel, levels: list[float], hold: float, rng: np.random.Generator) -> None:

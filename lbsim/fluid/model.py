@@ -141,7 +141,7 @@ class FluidModel:
         self.allowed = None if self.connect.all() else self.connect
         self.delay = scenario.delay
         self.round_trip = 2.0 * self.delay
-        self.rates = RateVector(scenario.service_rates)
+        self.rates = RateVector(scenario.rate_functions("the fluid model"))
         self.band = band
         net = scenario.network
         jitter = net.jitter_distribution
@@ -150,7 +150,7 @@ class FluidModel:
         self.telemetry = net.telemetry
         self.period = net.period
         self.observation = np.zeros_like(self.delay) if net.telemetry == "instant" else self.delay
-        limits = [b.max_load if b.max_load is not None else math.inf for b in scenario.backends]
+        limits = scenario.load_limits.tolist()  # max_load; an llm engine's G * B requests
         self.max_load = np.array(limits) if any(math.isfinite(v) for v in limits) else None
         self.x0 = self._initial_state(x0)
         self.prehistory = x0 is not None

@@ -94,7 +94,8 @@ class FluidResult:
         split = self.final_split if split is None else split
         flow = self.scenario.demand[:, None] * split
         arrivals = flow.sum(axis=0)
-        load = np.array([float(r.inverse(a)) for r, a in zip(self.scenario.service_rates, arrivals)])
+        rates = self.scenario.rate_functions("the fluid model")
+        load = np.array([float(r.inverse(a)) for r, a in zip(rates, arrivals)])
         return self.mean_latency(load, split)
 
     def settling_time(self, load: np.ndarray, tolerance: float = 0.01) -> float:

@@ -7,6 +7,7 @@ power models (:mod:`.step_time`, :mod:`.power`), admission policies
 rate function (:mod:`.equivalent`).
 """
 
+from lbsim.llm import bfio  # noqa: F401  (registers bestfit, bfio, bfio_exact, br0)
 from lbsim.llm.admission import (
     ADMISSIONS,
     AdmissionChoice,
@@ -16,7 +17,6 @@ from lbsim.llm.admission import (
     make_admission,
     register_admission,
 )
-from lbsim.llm import bfio  # noqa: F401  (registers bestfit, bfio, bfio_exact, br0)
 from lbsim.llm.engine import LLMEngine
 from lbsim.llm.equivalent import equivalent_rate, mean_resident_length
 from lbsim.llm.params import LLMParams

@@ -391,7 +391,11 @@ def bfio_exact(loads: np.ndarray, free: np.ndarray, prompts: np.ndarray, size_li
     bounds = Bounds(np.full(size + 1, 0.0), np.concatenate((np.ones(size), [np.inf])))
     bounds.lb[-1] = float(loads.max())
     result = milp(
-        cost, constraints=constraints, integrality=np.ones(size + 1), bounds=bounds, options={"mip_rel_gap": 0.0}
+        cost,
+        constraints=constraints,
+        integrality=np.ones(size + 1, dtype=np.int64),
+        bounds=bounds,
+        options={"mip_rel_gap": 0.0},
     )
     if result.x is None or not result.success:
         raise RuntimeError(f"bfio_exact: HiGHS found no optimal admission ({result.message})")

@@ -9,9 +9,8 @@ the last step after which anything was admitted.
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -54,11 +53,12 @@ def jobs_frame(requests: Sequence[LLMRequest]) -> pd.DataFrame:
 
 
 def _quantiles(name: str, values: pd.Series) -> dict[str, float]:
-    values = values.dropna().to_numpy()
-    if not len(values):
+    sample = values.dropna().to_numpy()
+    if not len(sample):
         return {f"{name}_{s}": float("nan") for s in ("mean", "p50", "p90", "p99")}
-    p50, p90, p99 = np.quantile(values, [0.5, 0.9, 0.99])
-    return {f"{name}_mean": float(values.mean()), f"{name}_p50": float(p50), f"{name}_p90": float(p90), f"{name}_p99": float(p99)}
+    p50, p90, p99 = np.quantile(sample, [0.5, 0.9, 0.99])
+    figures = {"mean": float(sample.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+    return {f"{name}_{key}": value for key, value in figures.items()}
 
 
 def merge_sums(sums: Sequence[Sums]) -> Sums:

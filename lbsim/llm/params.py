@@ -1,16 +1,16 @@
 """The parameters of an ``llm`` backend, validated once, at load (docs/llm.md, "Parameters").
 
-    [[backends]]
-    model = "llm"
-    workers = 16
-    slots = 72
-    reveal = 64
-    admission = { name = "fcfs" }
-    step_time = { kind = "barrier", base = 0.0048875, per_token = 1.0052490234375e-07 }
-    power = { idle = 100.0, max = 400.0, exponent = 0.7 }
-    kv_capacity = 200000
-    kv_watermark = 0.99
-    dispatch = "pool"
+[[backends]]
+model = "llm"
+workers = 16
+slots = 72
+reveal = 64
+admission = { name = "fcfs" }
+step_time = { kind = "barrier", base = 0.0048875, per_token = 1.0052490234375e-07 }
+power = { idle = 100.0, max = 400.0, exponent = 0.7 }
+kv_capacity = 200000
+kv_watermark = 0.99
+dispatch = "pool"
 """
 
 from __future__ import annotations
@@ -35,19 +35,29 @@ LLM_KEYS = ("workers", "slots", "reveal", "admission", "step_time", "power", "kv
 class LLMParams(BaseModel):
     """One data-parallel engine: G ranks x B slots stepping behind a barrier."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, allow_inf_nan=False, arbitrary_types_allowed=True
+    )
 
     workers: int = Field(ge=1, description="G: data-parallel ranks that step together")
     slots: int = Field(ge=1, description="B: requests at most per rank")
-    reveal: int | None = Field(None, ge=1, description="R: admission sees the first R pool entries (default 4 * workers)")
+    reveal: int | None = Field(
+        None, ge=1, description="R: admission sees the first R pool entries (default 4 * workers)"
+    )
     admission: AdmissionChoice = Field(
         default_factory=lambda: make_admission({"name": "fcfs"}), description="admission policy: { name = ..., ... }"
     )
-    step_time: StepTimeModel = Field(default_factory=lambda: make_step_time({"kind": "barrier"}), description="step-time model: { kind = ..., ... }")
+    step_time: StepTimeModel = Field(
+        default_factory=lambda: make_step_time({"kind": "barrier"}), description="step-time model: { kind = ..., ... }"
+    )
     power: PowerModel = Field(default_factory=lambda: make_power({}), description="power model: { kind = ..., ... }")
     kv_capacity: int | None = Field(None, ge=1, description="KV-cache capacity per rank in tokens (default: unlimited)")
-    kv_watermark: float = Field(0.99, gt=0, le=1, description="admit only if the rank's tokens stay <= kv_watermark * kv_capacity")
-    dispatch: Literal["pool", "on_arrival"] = Field("pool", description="pool: one engine pool; on_arrival: bound to a rank on arrival")
+    kv_watermark: float = Field(
+        0.99, gt=0, le=1, description="admit only if the rank's tokens stay <= kv_watermark * kv_capacity"
+    )
+    dispatch: Literal["pool", "on_arrival"] = Field(
+        "pool", description="pool: one engine pool; on_arrival: bound to a rank on arrival"
+    )
 
     @property
     def look_ahead(self) -> int:

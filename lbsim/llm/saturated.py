@@ -54,7 +54,8 @@ def run_saturated(
     generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     engine = LLMEngine(params, generator, name=name, steps=StepLog(name, sample_interval))
     requests = [
-        LLMRequest(i, p, o, 0.0, e) for i, (p, o, e) in enumerate(zip(prompt.tolist(), output.tolist(), estimate.tolist()))
+        LLMRequest(i, p, o, 0.0, e)
+        for i, (p, o, e) in enumerate(zip(prompt.tolist(), output.tolist(), estimate.tolist()))
     ]
     engine.arrive_many(requests, 0.0)
     engine.run()

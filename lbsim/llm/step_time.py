@@ -76,7 +76,9 @@ def make_step_time(spec: Mapping[str, Any] | StepTimeModel, key: str = "step_tim
     if isinstance(spec, StepTimeModel):
         return spec
     if not isinstance(spec, Mapping):
-        raise ScenarioError(key, f'must be a table like {{ kind = "barrier", base = 0.005, per_token = 1e-7 }}, got {spec!r}')
+        raise ScenarioError(
+            key, f'must be a table like {{ kind = "barrier", base = 0.005, per_token = 1e-7 }}, got {spec!r}'
+        )
     params = dict(spec)
     kind = params.pop("kind", None)
     if kind is None:

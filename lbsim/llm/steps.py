@@ -94,7 +94,21 @@ class StepLog:
         sums.energy += energy
         sums.tokens += tokens
         share = barrier_idle / (workers * duration) if duration > 0 else 0.0
-        row = (t, step, duration, load_max, load_sum, imbalance, idle_rate, share, active, free_slots, pool, power, energy)
+        row = (
+            t,
+            step,
+            duration,
+            load_max,
+            load_sum,
+            imbalance,
+            idle_rate,
+            share,
+            active,
+            free_slots,
+            pool,
+            power,
+            energy,
+        )
         if self.sample_interval is None:
             self._append(row)
             return

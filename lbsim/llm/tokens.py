@@ -14,12 +14,11 @@ A new workload is one class plus one registry line (``@register_tokens``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import csv
 import math
 from abc import abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -244,7 +243,9 @@ class Independent(TokenWorkload):
         for side in ("prompt", "output"):
             table = params.get(side)
             if not isinstance(table, Mapping):
-                raise ScenarioError(f"{key}.{side}", f'must be a table like {{ size = "exponential", mean = 200 }}, got {table!r}')
+                raise ScenarioError(
+                    f"{key}.{side}", f'must be a table like {{ size = "exponential", mean = 200 }}, got {table!r}'
+                )
             shape = dict(table)
             name = shape.pop("size", None)
             if name is None:
@@ -368,4 +369,3 @@ def read_arrival_trace(path: str | Path, key: str = "frontends.trace") -> tuple[
     prompt = np.array([_token_count(r[1], "prompt", path, n, key) for r, n in zip(rows, lines)], dtype=np.int64)
     output = np.array([_token_count(r[2], "output", path, n, key) for r, n in zip(rows, lines)], dtype=np.int64)
     return times, prompt, output
-

@@ -113,6 +113,7 @@ class DGDLB(SplitRouter):
     """
 
     name = "dgdlb"
+    uses_rates = True
     Params = DGDLBParams
     params: DGDLBParams
 

@@ -72,6 +72,7 @@ class GMSR(Router):
     """
 
     name = "gmsr"
+    uses_rates = True
     Params = GMSRParams
     params: GMSRParams
 

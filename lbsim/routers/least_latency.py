@@ -36,6 +36,7 @@ class LeastLatency(Router):
     """
 
     name = "least_latency"
+    uses_rates = True
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)

@@ -137,6 +137,7 @@ class Prequal(Router):
     """
 
     name = "prequal"
+    uses_rates = True
     Params = PrequalParams
     params: PrequalParams
 

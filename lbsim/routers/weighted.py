@@ -39,6 +39,7 @@ class Weighted(SplitRouter):
     """
 
     name = "weighted"
+    uses_rates = True
     Params = WeightedParams
     params: WeightedParams
 

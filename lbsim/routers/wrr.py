@@ -60,6 +60,7 @@ class WRR(Router):
     """
 
     name = "wrr"
+    uses_rates = True
     Params = WRRParams
     params: WRRParams
 
