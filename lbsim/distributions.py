@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lbsim.errors import ScenarioError, unknown
-from lbsim.rates import field_rows, first_paragraph, from_params
+from lbsim.registry import Registry, field_rows, first_paragraph, from_params
 
 
 class Distribution(BaseModel):
@@ -63,17 +63,9 @@ class Distribution(BaseModel):
         """``n`` draws with expectation ``mean > 0``."""
 
 
-DISTRIBUTIONS: dict[str, type[Distribution]] = {}
-
-D = TypeVar("D", bound=type[Distribution])
-
-
-def register_distribution(cls: D) -> D:
-    """Class decorator: make a distribution available by ``cls.name`` (``size = "lognormal"``)."""
-    if cls.name in DISTRIBUTIONS:
-        raise ValueError(f"distribution '{cls.name}' is already registered")
-    DISTRIBUTIONS[cls.name] = cls
-    return cls
+DISTRIBUTIONS = Registry("distribution", "name")
+#: class decorator: make a distribution available by ``cls.name`` (``size = "lognormal"``)
+register_distribution = DISTRIBUTIONS.register
 
 
 def make_distribution(name: str, params: Mapping[str, Any], key: str, field: str = "size") -> Distribution:
@@ -85,7 +77,7 @@ def make_distribution(name: str, params: Mapping[str, Any], key: str, field: str
     so errors read ``jobs.sigma: must be > 0, got -1`` or
     ``jobs.size: unknown size distribution 'lognorml' (did you mean 'lognormal'?)``.
     """
-    if not isinstance(name, str) or name not in DISTRIBUTIONS:
+    if not isinstance(name, str) or name not in DISTRIBUTIONS:  # (the message says which use: size, jitter...)
         raise ScenarioError(f"{key}.{field}", unknown(f"{field} distribution", str(name), DISTRIBUTIONS))
     return from_params(DISTRIBUTIONS[name], params, key, name)
 

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.fields import FieldInfo
+from pydantic import BaseModel, ConfigDict, Field
 
-from lbsim.errors import ScenarioError, unknown
+from .registry import Registry, field_rows, first_paragraph
 
 ArrayLike = npt.ArrayLike
 FloatOrArray = np.float64 | np.ndarray
@@ -169,115 +168,9 @@ def _apply(method: Callable[[np.ndarray], np.ndarray], x: ArrayLike) -> FloatOrA
 # Registry
 # --------------------------------------------------------------------------
 
-RATE_FAMILIES: dict[str, type[RateFamily]] = {}
-
-R = TypeVar("R", bound=type[RateFamily])
-
-
-def register_rate(cls: R) -> R:
-    """Class decorator: make a rate family available as ``{ kind = cls.kind, ... }``."""
-    if cls.kind in RATE_FAMILIES:
-        raise ValueError(f"rate family '{cls.kind}' is already registered")
-    RATE_FAMILIES[cls.kind] = cls
-    return cls
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        return f"{value:g}"
-    return repr(value)
-
-
-_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-
-
-def from_params(cls: type[M], params: Mapping[str, Any], key: str, what: str) -> M:
-    """Build ``cls`` from a TOML table, turning a pydantic error into one-line :class:`ScenarioError`.
-
-    ``key`` is the dotted path of the table, ``what`` names the family in
-    messages (``unknown saturating parameter 'kk' (did you mean 'k'?)``).
-    """
-    try:
-        return cls.model_validate(dict(params))
-    except ValidationError as exc:
-        # An unknown name is usually a misspelt one that is then also
-        # "missing": report the misspelling, which carries the fix.
-        error = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    loc = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
-    kind, ctx, got = error["type"], error.get("ctx", {}), error["input"]
-    fields = list(cls.model_fields)
-    if kind == "extra_forbidden":
-        name = str(error["loc"][-1])
-        if fields:
-            message = unknown(f"{what} parameter", name, fields)
-        else:
-            message = f"unknown parameter '{name}' ({what} takes none)"
-    elif kind == "missing":
-        required = [name for name, field in cls.model_fields.items() if field.is_required()]
-        message = f"missing ({what} needs {', '.join(required)})"
-    elif kind in _BOUNDS:
-        bound = next(iter(ctx.values()))
-        message = f"must be {_BOUNDS[kind]} {_format(bound)}, got {_format(got)}"
-    elif kind in ("float_type", "int_type", "float_parsing"):
-        message = f"must be a number, got {_format(got)}"
-    elif kind == "finite_number":
-        message = f"must be finite, got {_format(got)}"
-    elif kind == "too_short":
-        message = "must not be empty"
-    else:
-        msg = str(error["msg"]).removeprefix("Value error, ")
-        message = f"{msg[:1].lower()}{msg[1:]}, got {_format(got)}"
-    raise ScenarioError(f"{key}{loc}", message)
-
-
-def _constraints(field: FieldInfo) -> str:
-    """A field's bounds as text, e.g. ``> 0, <= 1`` (from its ``Field(gt=..., le=...)`` metadata)."""
-    parts = []
-    for item in field.metadata:
-        for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-            bound = getattr(item, attr, None)
-            if bound is not None:
-                parts.append(f"{symbol} {_format(bound)}")
-        if getattr(item, "min_length", None) is not None:
-            parts.append(f"at least {item.min_length} value(s)")
-    return ", ".join(parts)
-
-
-def field_rows(cls: type[BaseModel]) -> list[dict[str, Any]]:
-    """One row per parameter of a family: ``name``, ``default`` (None if required), ``required``,
-    ``constraints`` (text such as ``> 0, <= 1``) and ``description``."""
-    return [
-        {
-            "name": name,
-            "default": None if field.is_required() else field.default,
-            "required": field.is_required(),
-            "constraints": _constraints(field),
-            "description": field.description or "",
-        }
-        for name, field in cls.model_fields.items()
-    ]
-
-
-def first_paragraph(cls: type) -> str:
-    """The first paragraph of a class docstring, on one line (what ``lbsim rates`` shows)."""
-    return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-
-
-def parameter_table() -> list[dict[str, Any]]:
-    """Every registered rate family (``lbsim rates``): ``kind``, ``formula``, ``description``
-    (the class docstring's first paragraph) and ``params`` (:func:`field_rows`), sorted by kind."""
-    return [
-        {
-            "kind": kind,
-            "formula": cls.formula,
-            "description": first_paragraph(cls),
-            "params": field_rows(cls),
-        }
-        for kind, cls in sorted(RATE_FAMILIES.items())
-    ]
+RATE_FAMILIES = Registry("rate family", "kind")
+#: class decorator: make a rate family available as ``{ kind = cls.kind, ... }``
+register_rate = RATE_FAMILIES.register
 
 
 def make_rate(spec: Mapping[str, Any] | RateFamily, key: str = "service") -> RateFamily:
@@ -288,15 +181,8 @@ def make_rate(spec: Mapping[str, Any] | RateFamily, key: str = "service") -> Rat
     """
     if isinstance(spec, RateFamily):
         return spec
-    if not isinstance(spec, Mapping):
-        raise ScenarioError(key, f'must be a table like {{ kind = "saturating", c = 4.0, k = 2.0 }}, got {spec!r}')
-    params = dict(spec)
-    kind = params.pop("kind", None)
-    if kind is None:
-        raise ScenarioError(f"{key}.kind", f"missing (one of: {', '.join(sorted(RATE_FAMILIES))})")
-    if not isinstance(kind, str) or kind not in RATE_FAMILIES:
-        raise ScenarioError(f"{key}.kind", unknown("rate family", str(kind), RATE_FAMILIES))
-    return from_params(RATE_FAMILIES[kind], params, key, kind)
+    family: RateFamily = RATE_FAMILIES.make(spec, key, '{ kind = "saturating", c = 4.0, k = 2.0 }')
+    return family
 
 
 # --------------------------------------------------------------------------
@@ -523,3 +409,17 @@ class Batch(RateFamily):
 
     def _derivative_inverse(self, s: np.ndarray) -> np.ndarray:
         return np.where(s > 0, np.maximum((np.sqrt(self.a / s) - self.a) / self.b, 0.0), np.inf)
+
+
+def parameter_table() -> list[dict[str, Any]]:
+    """Every registered rate family (``lbsim rates``): ``kind``, ``formula``, ``description``
+    (the class docstring's first paragraph) and ``params`` (:func:`field_rows`), sorted by kind."""
+    return [
+        {
+            "kind": kind,
+            "formula": cls.formula,
+            "description": first_paragraph(cls),
+            "params": field_rows(cls),
+        }
+        for kind, cls in sorted(RATE_FAMILIES.items())
+    ]

@@ -81,7 +81,7 @@ def test_a_duplicate_name_is_rejected():
     class Again(BackendModel):
         name = "rate"
 
-    with pytest.raises(ValueError, match="two backend models are named 'rate'"):
+    with pytest.raises(ValueError, match="backend model 'rate' is already registered"):
         register_backend(Again)
     assert BACKENDS["rate"] is not Again
 

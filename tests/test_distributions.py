@@ -208,5 +208,8 @@ def test_registered_distribution_is_usable(twopoint: type[Distribution]) -> None
     assert_scv_matches_the_sample(dist)  # how an unknown family's scv is checked
     with pytest.raises(ScenarioError, match="did you mean 'twopoint'"):
         make_distribution("twopont", {}, "jobs")
+    # a name belongs to one distribution (registering the same class again is harmless: a module reload)
+    register_distribution(twopoint)
+    impostor = type("Impostor", (twopoint,), {})
     with pytest.raises(ValueError, match="already registered"):
-        register_distribution(twopoint)
+        register_distribution(impostor)

@@ -15,6 +15,7 @@ import lbsim
 
 LAYERS: list[set[str]] = [
     {"errors", "files", "events", "jobs", "simplex", "stats"},
+    {"registry"},
     {"rates", "view"},
     {"distributions", "optimum"},
     {"llm"},

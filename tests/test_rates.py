@@ -289,5 +289,8 @@ def test_registered_family_is_usable(softsat: type[RateFamily]) -> None:
     assert rate.derivative_inverse(3.0) == 0.0 and rate.derivative_inverse(0.0) == np.inf
     with pytest.raises(ScenarioError, match="did you mean 'softsat'"):
         make_rate({"kind": "softsatt", "c": 1.0, "k": 1.0})
+    # a kind belongs to one family (registering the same class again is harmless: a module reload)
+    register_rate(softsat)
+    impostor = type("Impostor", (softsat,), {})
     with pytest.raises(ValueError, match="already registered"):
-        register_rate(softsat)
+        register_rate(impostor)

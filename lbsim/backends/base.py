@@ -45,13 +45,13 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..errors import ScenarioError, unknown
-from ..rates import field_rows, first_paragraph, from_params
+from ..errors import ScenarioError
+from ..registry import Registry, field_rows, first_paragraph, from_params
 
 if TYPE_CHECKING:
     from ..jobs import Job
@@ -78,22 +78,10 @@ class EngineState(NamedTuple):
     pool_length: int  #: requests waiting for a slot (a rate backend: 0)
 
 
-BACKENDS: dict[str, type[BackendModel]] = {}
+BACKENDS = Registry("backend model", "name")
 DEFAULT_MODEL = "rate"
-
-B = TypeVar("B", bound="type[BackendModel]")
-
-
-def register_backend(cls: B) -> B:
-    """Class decorator: make a backend model available by its ``name`` (scenarios, ``lbsim backends``)."""
-    if not cls.name:
-        raise ValueError(f"backend model {cls.__qualname__} has no name")
-    if cls.name in BACKENDS and BACKENDS[cls.name] is not cls:
-        raise ValueError(
-            f"two backend models are named {cls.name!r}: {BACKENDS[cls.name].__qualname__} and {cls.__qualname__}"
-        )
-    BACKENDS[cls.name] = cls
-    return cls
+#: class decorator: make a backend model available by its ``name`` (scenarios, ``lbsim backends``)
+register_backend = BACKENDS.register
 
 
 class BackendParams(BaseModel):
@@ -260,9 +248,8 @@ class BackendModel:
 def backend_class(name: str, key: str = "model") -> type[BackendModel]:
     from . import BACKENDS as registry  # noqa: F401  (importing the package registers every model)
 
-    if name not in BACKENDS:
-        raise ScenarioError(key, unknown("backend model", name, BACKENDS))
-    return BACKENDS[name]
+    model: type[BackendModel] = BACKENDS.lookup(name, key)
+    return model
 
 
 def validate_params(name: str, params: Mapping[str, Any], key: str = "") -> BaseModel:

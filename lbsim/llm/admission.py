@@ -34,8 +34,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from lbsim.errors import ScenarioError, unknown
-from lbsim.rates import from_params
+from lbsim.registry import Registry, from_params
 
 
 @dataclass
@@ -110,17 +109,14 @@ class AdmissionPolicy:
         return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
 
 
-ADMISSIONS: dict[str, type[AdmissionPolicy]] = {}
+ADMISSIONS = Registry("admission policy", "name")
 
 
 def register_admission(cls: type[AdmissionPolicy]) -> type[AdmissionPolicy]:
     """Class decorator: make a policy available as ``admission = { name = cls.name, ... }``."""
-    if cls.name in ADMISSIONS:
-        raise ValueError(f"admission policy '{cls.name}' is already registered")
     if cls.dispatch not in ("pool", "on_arrival"):
         raise ValueError(f"admission policy '{cls.name}': dispatch must be 'pool' or 'on_arrival'")
-    ADMISSIONS[cls.name] = cls
-    return cls
+    return ADMISSIONS.register(cls)
 
 
 class AdmissionChoice(NamedTuple):
@@ -149,16 +145,8 @@ def make_admission(spec: Mapping[str, Any] | AdmissionChoice, key: str = "admiss
     """The policy of a table such as ``{ name = "round_robin", persistent = true }``; errors name the key."""
     if isinstance(spec, AdmissionChoice):
         return spec
-    if not isinstance(spec, Mapping):
-        raise ScenarioError(key, f'must be a table like {{ name = "fcfs" }}, got {spec!r}')
-    params = dict(spec)
-    name = params.pop("name", None)
-    if name is None:
-        raise ScenarioError(f"{key}.name", f"missing (one of: {', '.join(sorted(ADMISSIONS))})")
-    if not isinstance(name, str) or name not in ADMISSIONS:
-        raise ScenarioError(f"{key}.name", unknown("admission policy", str(name), ADMISSIONS))
-    cls = ADMISSIONS[name]
-    return AdmissionChoice(cls, from_params(cls.Params, params, key, name))
+    cls, params = ADMISSIONS.split(spec, key, '{ name = "fcfs" }')
+    return AdmissionChoice(cls, from_params(cls.Params, params, key, cls.name))
 
 
 def parameter_table() -> list[dict[str, Any]]:

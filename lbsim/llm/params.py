@@ -25,7 +25,7 @@ from lbsim.errors import ScenarioError
 from lbsim.llm.admission import AdmissionChoice, make_admission
 from lbsim.llm.power import PowerModel, make_power
 from lbsim.llm.step_time import StepTimeModel, make_step_time
-from lbsim.rates import from_params
+from lbsim.registry import from_params
 
 #: the keys of an llm backend table this model validates (the backend's own keys,
 #: ``name`` and ``model``, belong to the backend extension point)

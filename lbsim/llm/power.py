@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lbsim.errors import ScenarioError, unknown
-from lbsim.rates import from_params
+from lbsim.registry import Registry
 
 
 class PowerModel(BaseModel):
@@ -41,30 +40,17 @@ class PowerModel(BaseModel):
         return {"kind": self.kind, **self.model_dump()}
 
 
-POWER_MODELS: dict[str, type[PowerModel]] = {}
-
-P = TypeVar("P", bound=type[PowerModel])
-
-
-def register_power(cls: P) -> P:
-    """Class decorator: make a model available as ``power = { kind = cls.kind, ... }``."""
-    if cls.kind in POWER_MODELS:
-        raise ValueError(f"power model '{cls.kind}' is already registered")
-    POWER_MODELS[cls.kind] = cls
-    return cls
+POWER_MODELS = Registry("power model", "kind")
+#: class decorator: make a model available as ``power = { kind = cls.kind, ... }``
+register_power = POWER_MODELS.register
 
 
 def make_power(spec: Mapping[str, Any] | PowerModel, key: str = "power") -> PowerModel:
     """The model described by ``{ idle = 100, max = 400, exponent = 0.7 }`` (kind defaults to ``utilisation``)."""
     if isinstance(spec, PowerModel):
         return spec
-    if not isinstance(spec, Mapping):
-        raise ScenarioError(key, f"must be a table like {{ idle = 100.0, max = 400.0, exponent = 0.7 }}, got {spec!r}")
-    params = dict(spec)
-    kind = params.pop("kind", "utilisation")
-    if not isinstance(kind, str) or kind not in POWER_MODELS:
-        raise ScenarioError(f"{key}.kind", unknown("power model", str(kind), POWER_MODELS))
-    return from_params(POWER_MODELS[kind], params, key, kind)
+    model: PowerModel = POWER_MODELS.make(spec, key, "{ idle = 100.0, max = 400.0, exponent = 0.7 }", "utilisation")
+    return model
 
 
 @register_power

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lbsim.errors import ScenarioError, unknown
-from lbsim.rates import from_params
+from lbsim.errors import unknown
+from lbsim.registry import Registry
 
 
 class StepTimeModel(BaseModel):
@@ -58,34 +58,17 @@ class StepTimeModel(BaseModel):
         return {"kind": self.kind, **self.model_dump(exclude_none=True)}
 
 
-STEP_TIMES: dict[str, type[StepTimeModel]] = {}
-
-S = TypeVar("S", bound=type[StepTimeModel])
-
-
-def register_step_time(cls: S) -> S:
-    """Class decorator: make a model available as ``step_time = { kind = cls.kind, ... }``."""
-    if cls.kind in STEP_TIMES:
-        raise ValueError(f"step-time model '{cls.kind}' is already registered")
-    STEP_TIMES[cls.kind] = cls
-    return cls
+STEP_TIMES = Registry("step-time model", "kind")
+#: class decorator: make a model available as ``step_time = { kind = cls.kind, ... }``
+register_step_time = STEP_TIMES.register
 
 
 def make_step_time(spec: Mapping[str, Any] | StepTimeModel, key: str = "step_time") -> StepTimeModel:
     """The model described by ``{ kind = "barrier", base = ..., per_token = ... }``; errors name the key."""
     if isinstance(spec, StepTimeModel):
         return spec
-    if not isinstance(spec, Mapping):
-        raise ScenarioError(
-            key, f'must be a table like {{ kind = "barrier", base = 0.005, per_token = 1e-7 }}, got {spec!r}'
-        )
-    params = dict(spec)
-    kind = params.pop("kind", None)
-    if kind is None:
-        raise ScenarioError(f"{key}.kind", f"missing (one of: {', '.join(sorted(STEP_TIMES))})")
-    if not isinstance(kind, str) or kind not in STEP_TIMES:
-        raise ScenarioError(f"{key}.kind", unknown("step-time model", str(kind), STEP_TIMES))
-    return from_params(STEP_TIMES[kind], params, key, kind)
+    model: StepTimeModel = STEP_TIMES.make(spec, key, '{ kind = "barrier", base = 0.005, per_token = 1e-7 }')
+    return model
 
 
 @register_step_time

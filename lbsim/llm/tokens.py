@@ -20,14 +20,14 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from lbsim.distributions import Distribution, make_distribution
 from lbsim.errors import ScenarioError, unknown
-from lbsim.rates import from_params
+from lbsim.registry import Registry, from_params
 
 TokenArrays = tuple[np.ndarray, np.ndarray]
 
@@ -79,17 +79,9 @@ def _tokens(values: np.ndarray) -> np.ndarray:
     return np.maximum(np.rint(np.asarray(values, dtype=np.float64)), 1.0).astype(np.int64)
 
 
-TOKEN_WORKLOADS: dict[str, type[TokenWorkload]] = {}
-
-T = TypeVar("T", bound=type[TokenWorkload])
-
-
-def register_tokens(cls: T) -> T:
-    """Class decorator: make a workload available as ``tokens = { kind = cls.kind, ... }``."""
-    if cls.kind in TOKEN_WORKLOADS:
-        raise ValueError(f"token workload '{cls.kind}' is already registered")
-    TOKEN_WORKLOADS[cls.kind] = cls
-    return cls
+TOKEN_WORKLOADS = Registry("token workload", "kind")
+#: class decorator: make a workload available as ``tokens = { kind = cls.kind, ... }``
+register_tokens = TOKEN_WORKLOADS.register
 
 
 def make_tokens(spec: Mapping[str, Any], key: str = "jobs.tokens", base: str | Path = ".") -> TokenWorkload:
@@ -97,20 +89,13 @@ def make_tokens(spec: Mapping[str, Any], key: str = "jobs.tokens", base: str | P
 
     Raises :class:`ScenarioError` naming the key (``jobs.tokens.correlation: must be <= 1, got 2``).
     """
-    if not isinstance(spec, Mapping):
-        raise ScenarioError(key, f'must be a table like {{ kind = "normal" }}, got {spec!r}')
-    params = dict(spec)
-    kind = params.pop("kind", None)
-    if kind is None:
-        raise ScenarioError(f"{key}.kind", f"missing (one of: {', '.join(sorted(TOKEN_WORKLOADS))})")
-    if not isinstance(kind, str) or kind not in TOKEN_WORKLOADS:
-        raise ScenarioError(f"{key}.kind", unknown("token workload", str(kind), TOKEN_WORKLOADS))
-    cls = TOKEN_WORKLOADS[kind]
+    cls, params = TOKEN_WORKLOADS.split(spec, key, '{ kind = "normal" }')
     if cls is Independent:
         return Independent.build(params, key)
     if cls is Pairs:
         return Pairs.build(params, key, Path(base))
-    return from_params(cls, params, key, kind)
+    workload: TokenWorkload = from_params(cls, params, key, cls.kind)
+    return workload
 
 
 def _correlated_normals(rng: np.random.Generator, n: int, rho: float) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ScenarioError, unknown
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..jobs import Job
@@ -34,26 +35,9 @@ if TYPE_CHECKING:
     from ..view import View
     from .fluid_base import FluidRouter
 
-ROUTERS: dict[str, type[Router]] = {}
-
-
-def register(cls: type[Router]) -> type[Router]:
-    """Class decorator: make a router available by its ``name`` (CLI, scenarios, docs).
-
-    A name belongs to one router: registering another class under a taken
-    name is an error. The same class may be registered again, and so may its
-    re-definition by a reloaded module (same module and qualified name).
-    """
-    if not cls.name:
-        raise ValueError(f"router class {cls.__qualname__} has no name")
-    known = ROUTERS.get(cls.name)
-    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise ValueError(
-            f"router '{cls.name}' is already registered by {known.__module__}.{known.__qualname__}; "
-            f"give {cls.__module__}.{cls.__qualname__} another name"
-        )
-    ROUTERS[cls.name] = cls
-    return cls
+ROUTERS = Registry("router", "name")
+#: class decorator: make a router available by its ``name`` (CLI, scenarios, docs)
+register = ROUTERS.register
 
 
 class NoParams(BaseModel):
@@ -203,9 +187,8 @@ class SplitRouter(Router):
 def router_class(name: str, key: str = "router.name") -> type[Router]:
     from . import ROUTERS as registry  # noqa: F401  (importing the package registers every router)
 
-    if name not in ROUTERS:
-        raise ScenarioError(key, unknown("router", name, ROUTERS))
-    return ROUTERS[name]
+    router: type[Router] = ROUTERS.lookup(name, key)
+    return router
 
 
 def validate_params(name: str, params: dict[str, Any]) -> BaseModel:
