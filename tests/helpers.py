@@ -20,11 +20,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 import lbsim
+from lbsim.routers import Router
 
 #: how many standard errors a statistical estimate may miss the theory by
 Z = 4.5
@@ -167,3 +169,43 @@ def jobs_present(start: np.ndarray, end: np.ndarray, at: np.ndarray) -> np.ndarr
 def float_tolerance(t: np.ndarray, ulps: float = 4.0) -> np.ndarray:
     """A few units in the last place of the times involved: the rounding of a handful of additions."""
     return ulps * np.spacing(np.abs(np.asarray(t, dtype=float)))
+
+
+# -- processes --------------------------------------------------------------------------
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+# -- a router that records what it sees ---------------------------------------------------
+class Spy(Router):
+    """Test router: records every backend's job count as the view shows it, then joins the shortest."""
+
+    name = "_test_spy"
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.seen: list[tuple[float, int, list[int]]] = []
+
+    def route(self, frontend, job, view):
+        everyone = range(self.ctx.num_backends)
+        observed = [view.jobs(frontend, j) for j in everyone]
+        # The bulk readers (fast paths for JSQ-like routers) must agree with jobs().
+        assert view.jobs_of(frontend, everyone) == observed
+        assert view.loads(frontend).tolist() == [n * self.ctx.mean_size for n in observed]
+        self.seen.append((self.ctx.now(), frontend, observed))
+        candidates = self.neighbours[frontend]
+        return self.pick_min(candidates, [observed[j] for j in candidates])

@@ -10,20 +10,19 @@ never read from the engine.
 
 from __future__ import annotations
 
-import importlib
 import pkgutil
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import backend, jobs_present, scenario
+from helpers import Spy, backend, jobs_present, scenario
 
 import lbsim
 import lbsim.backends
 from lbsim.backends import BACKENDS, BackendModel, register_backend
 from lbsim.engine import Simulation
 from lbsim.errors import ScenarioError
-from lbsim.routers.base import ROUTERS, Router, register
+from lbsim.routers.base import ROUTERS, register
 from lbsim.scenario import TELEMETRY_MODES
 
 DELAY = [[0.05, 0.4, 1.3], [0.9, 0.02, 0.25]]
@@ -164,23 +163,6 @@ def test_every_registered_model_keeps_conservation_causality_and_lazy_equals_eag
     pd.testing.assert_frame_equal(jobs, eager.jobs, check_exact=True)
     pd.testing.assert_frame_equal(result.timeseries, eager.timeseries, check_exact=True)
     assert result.counts == eager.counts
-
-
-class Spy(Router):
-    """Test router: records what the view shows of every backend, then joins the shortest queue."""
-
-    name = "_test_backend_spy"
-
-    def __init__(self, params, ctx):
-        super().__init__(params, ctx)
-        self.seen: list[tuple[float, int, list[int]]] = []
-
-    def route(self, frontend, job, view):
-        observed = [view.jobs(frontend, j) for j in range(self.ctx.num_backends)]
-        assert view.jobs_of(frontend, range(self.ctx.num_backends)) == observed
-        self.seen.append((self.ctx.now(), frontend, observed))
-        candidates = self.neighbours[frontend]
-        return self.pick_min(candidates, [observed[j] for j in candidates])
 
 
 @pytest.fixture

@@ -16,14 +16,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import backend, float_tolerance, jobs_present, scenario
+from helpers import Spy, backend, float_tolerance, jobs_present, scenario
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import lbsim
 from lbsim.engine import Simulation
 from lbsim.engine.result import TIMING_FIELDS
-from lbsim.routers.base import ROUTERS, Router, register
+from lbsim.routers.base import ROUTERS, register
 from lbsim.scenario import TELEMETRY_MODES
 
 DELAY = [[0.05, 0.4, 1.3], [0.9, 0.02, 0.25]]
@@ -232,26 +232,6 @@ def test_different_seeds_give_different_jobs():
 
 
 # -- 5. telemetry ---------------------------------------------------------------------------
-class Spy(Router):
-    """Test router: records every backend's job count as the view shows it, then joins the shortest."""
-
-    name = "_test_spy"
-
-    def __init__(self, params, ctx):
-        super().__init__(params, ctx)
-        self.seen: list[tuple[float, int, list[int]]] = []
-
-    def route(self, frontend, job, view):
-        everyone = range(self.ctx.num_backends)
-        observed = [view.jobs(frontend, j) for j in everyone]
-        # The bulk readers (fast paths for JSQ-like routers) must agree with jobs().
-        assert view.jobs_of(frontend, everyone) == observed
-        assert view.loads(frontend).tolist() == [n * self.ctx.mean_size for n in observed]
-        self.seen.append((self.ctx.now(), frontend, observed))
-        candidates = self.neighbours[frontend]
-        return self.pick_min(candidates, [observed[j] for j in candidates])
-
-
 @pytest.fixture
 def spy():
     register(Spy)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
+from helpers import descendants
 
 import lbsim
 from lbsim.scaling import scaling, trajectory_distance
@@ -130,22 +131,6 @@ def test_interrupted_scaling_resumes_from_its_finished_runs(tmp_path, monkeypatc
     assert len(ran) == 1 and len(other.runs) == 1
 
 
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def running(pid: int) -> bool:
