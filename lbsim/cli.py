@@ -197,49 +197,39 @@ def _print_registry(table: list[dict], key: str, as_json: bool) -> None:
             click.echo(f"    {p['name']} ({default}{bounds}): {p['description']}")
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def routers(as_json):
-    """List the registered routers with their parameters and defaults."""
-    from .routers import parameter_table
-
-    _print_registry(parameter_table(), "router", as_json)
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def admissions(as_json):
-    """List the admission policies of llm backends with their dispatch, parameters and defaults."""
-    from .llm.admission import parameter_table
-
-    _print_registry(parameter_table(), "admission", as_json)
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def backends(as_json):
-    """List the registered backend models with their parameters and defaults."""
-    from .backends import parameter_table
-
-    _print_registry(parameter_table(), "model", as_json)
+#: the commands that list an extension point's registry: (command, module, column, help)
+REGISTRIES = (
+    ("routers", "lbsim.routers", "router", "List the registered routers with their parameters and defaults."),
+    ("backends", "lbsim.backends", "model", "List the registered backend models with their parameters and defaults."),
+    (
+        "admissions",
+        "lbsim.llm.admission",
+        "admission",
+        "List the admission policies of llm backends with their dispatch, parameters and defaults.",
+    ),
+    ("rates", "lbsim.rates", "kind", "List the registered rate families mu(x) with their formulas and parameters."),
+    (
+        "distributions",
+        "lbsim.distributions",
+        "name",
+        "List the registered size (and jitter) distributions with their shape parameters.",
+    ),
+)
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def rates(as_json: bool) -> None:
-    """List the registered rate families mu(x) with their formulas and parameters."""
-    from .rates import parameter_table
+def _registry_command(name: str, module: str, column: str, help_text: str) -> None:
+    def listing(as_json: bool) -> None:
+        import importlib
 
-    _print_registry(parameter_table(), "kind", as_json)
+        _print_registry(importlib.import_module(module).parameter_table(), column, as_json)
+
+    listing.__doc__ = help_text
+    option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+    main.command(name)(option(listing))
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def distributions(as_json: bool) -> None:
-    """List the registered size (and jitter) distributions with their shape parameters."""
-    from .distributions import parameter_table
-
-    _print_registry(parameter_table(), "name", as_json)
+for _registry in REGISTRIES:
+    _registry_command(*_registry)
 
 
 @main.command()
