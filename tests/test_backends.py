@@ -15,14 +15,13 @@ import pkgutil
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import Spy, backend, jobs_present, scenario
+from helpers import backend, jobs_present, scenario
 
 import lbsim
 import lbsim.backends
 from lbsim.backends import BACKENDS, BackendModel, register_backend
 from lbsim.engine import Simulation
 from lbsim.errors import ScenarioError
-from lbsim.routers.base import ROUTERS, register
 from lbsim.scenario import TELEMETRY_MODES
 
 DELAY = [[0.05, 0.4, 1.3], [0.9, 0.02, 0.25]]
@@ -165,13 +164,6 @@ def test_every_registered_model_keeps_conservation_causality_and_lazy_equals_eag
     assert result.counts == eager.counts
 
 
-@pytest.fixture
-def spy():
-    register(Spy)
-    try:
-        yield Spy.name
-    finally:
-        ROUTERS.pop(Spy.name, None)
 
 
 @pytest.mark.parametrize("telemetry", TELEMETRY_MODES)

@@ -16,14 +16,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import Spy, backend, float_tolerance, jobs_present, scenario
+from helpers import backend, float_tolerance, jobs_present, scenario
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import lbsim
 from lbsim.engine import Simulation
 from lbsim.engine.result import TIMING_FIELDS
-from lbsim.routers.base import ROUTERS, register
+from lbsim.routers.base import ROUTERS
 from lbsim.scenario import TELEMETRY_MODES
 
 DELAY = [[0.05, 0.4, 1.3], [0.9, 0.02, 0.25]]
@@ -232,13 +232,6 @@ def test_different_seeds_give_different_jobs():
 
 
 # -- 5. telemetry ---------------------------------------------------------------------------
-@pytest.fixture
-def spy():
-    register(Spy)
-    try:
-        yield Spy.name
-    finally:
-        ROUTERS.pop(Spy.name, None)
 
 
 def _expected_view(jobs: pd.DataFrame, telemetry: str, t: np.ndarray, i: int, j: int, period: float) -> np.ndarray:

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from lbsim.registry import Registry, from_params
+from lbsim.registry import Registry, field_rows, from_params
 
 
 @dataclass
@@ -151,19 +151,10 @@ def make_admission(spec: Mapping[str, Any] | AdmissionChoice, key: str = "admiss
 
 def parameter_table() -> list[dict[str, Any]]:
     """Every registered policy with its dispatch, parameters, defaults and descriptions (``lbsim admissions``)."""
-    rows = []
-    for name in sorted(ADMISSIONS):
-        cls = ADMISSIONS[name]
-        params = [
-            {
-                "name": pname,
-                "default": None if field.is_required() else field.default,
-                "description": field.description or "",
-            }
-            for pname, field in cls.Params.model_fields.items()
-        ]
-        rows.append({"admission": name, "dispatch": cls.dispatch, "description": cls.describe(), "params": params})
-    return rows
+    return [
+        {"admission": name, "dispatch": cls.dispatch, "description": cls.describe(), "params": field_rows(cls.Params)}
+        for name, cls in sorted(ADMISSIONS.items())
+    ]
 
 
 # --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ScenarioError, unknown
-from ..registry import Registry
+from ..registry import Registry, field_rows
 
 if TYPE_CHECKING:
     from ..jobs import Job
@@ -218,16 +218,7 @@ def parameter_table() -> list[dict[str, Any]]:
     """Every registered router with its parameters, defaults and descriptions (``lbsim routers``)."""
     from . import ROUTERS as registry  # noqa: F401
 
-    rows = []
-    for name in sorted(ROUTERS):
-        cls = ROUTERS[name]
-        params = [
-            {
-                "name": pname,
-                "default": None if field.is_required() else field.default,
-                "description": field.description or "",
-            }
-            for pname, field in cls.Params.model_fields.items()
-        ]
-        rows.append({"router": name, "description": cls.describe(), "params": params})
-    return rows
+    return [
+        {"router": name, "description": cls.describe(), "params": field_rows(cls.Params)}
+        for name, cls in sorted(ROUTERS.items())
+    ]
