@@ -234,7 +234,7 @@ def test_make_rate_builds_validated_family() -> None:
     ("spec", "subkey", "message"),
     [
         ({"kind": "saturatng", "c": 4.0}, ".kind", "unknown rate family 'saturatng' (did you mean 'saturating'?)"),
-        ({"c": 4.0}, ".kind", "missing (one of: batch, constant, exponential, linear, power, saturating, servers)"),
+        ({"c": 4.0}, ".kind", f"missing (one of: {', '.join(sorted(RATE_FAMILIES))})"),
         ({"kind": "saturating", "c": -2, "k": 2.0}, ".c", "must be > 0, got -2"),
         ({"kind": "saturating", "c": 4.0, "kk": 2.0}, ".kk", "unknown saturating parameter 'kk' (did you mean 'k'?)"),
         ({"kind": "saturating", "c": 4.0}, ".k", "missing (saturating needs c, k)"),
