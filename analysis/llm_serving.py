@@ -72,7 +72,7 @@ def run(settings: Settings) -> Section:
     jobs = [(configs[a], *as_call(router, seed), keep.get(router, ())) for a, router, seed in tasks]
     outputs = dict(zip(tasks, common.parallel_map(common.simulate_tables, jobs, settings.workers), strict=True))
     runs = pd.DataFrame(
-        [out["summary"] | {"admission": a, "router": router, "seed": seed} for (a, router, seed), out in outputs.items()]
+        [out["summary"] | {"admission": a, "router": r, "seed": seed} for (a, r, seed), out in outputs.items()]
     )
     runs.to_csv(settings.data / "llm_serving_runs.csv", index=False)
 
@@ -157,10 +157,12 @@ def grid_figure(table: pd.DataFrame, seeds: int):
         for k, admission in enumerate(ADMISSIONS):
             rows = table[table["admission"] == admission].set_index("router").loc[ROUTERS]
             estimate = rows[key].to_numpy(dtype=float) * scale
-            low, high = rows[f"{key}_low"].to_numpy(dtype=float) * scale, rows[f"{key}_high"].to_numpy(dtype=float) * scale
+            low = rows[f"{key}_low"].to_numpy(dtype=float) * scale
+            high = rows[f"{key}_high"].to_numpy(dtype=float) * scale
             error = np.vstack([np.nan_to_num(estimate - low), np.nan_to_num(high - estimate)])
-            ax.bar(centres - 0.4 + width * (k + 0.5), estimate, width=width, color=colours[admission],
-                   label=admission, yerr=np.maximum(error, 0), error_kw={"elinewidth": 0.8, "capsize": 1.5})  # fmt: skip
+            x = centres - 0.4 + width * (k + 0.5)
+            ax.bar(x, estimate, width=width, color=colours[admission], label=admission,
+                   yerr=np.maximum(error, 0), error_kw={"elinewidth": 0.8, "capsize": 1.5})  # fmt: skip
         ax.set_xticks(centres, ROUTERS, fontsize="small")
         ax.set_ylabel(title)
         ax.grid(True, axis="y", alpha=0.3)
@@ -228,7 +230,8 @@ def optimum_tables(scenario: lbsim.Scenario, opt, dgdlb: list[dict], optimal_spl
             for i in range(F)
         ]
     )
-    text += "\n\nRouting, optimum / dgdlb (time-averaged after the warm-up, mean over seeds):\n\n" + common.markdown(routing)
+    title = "Routing, optimum / dgdlb (time-averaged after the warm-up, mean over seeds):"
+    text += f"\n\n{title}\n\n" + common.markdown(routing)
     (settings.out / "llm_serving_optimum.md").write_text(text + "\n")
     distance = float(np.abs(flows.mean(axis=0) - opt.flow).sum() / (2 * opt.flow.sum()))
     return text, distance
