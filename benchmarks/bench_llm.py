@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def bench_saturated(requests_per_slot: float, workers_list: str) -> None:
     slots = 72
-    print(f"{'G':>5} {'admission':>10} {'requests':>9} {'steps':>7} {'wall s':>8} {'cpu s':>8} {'steps/s':>9} {'requests/s':>11}")
+    header = f"{'G':>5} {'admission':>10} {'requests':>9} {'steps':>7} {'wall s':>8} {'cpu s':>8}"
+    print(f"{header} {'steps/s':>9} {'requests/s':>11}")
     for workers in (int(g) for g in workers_list.split(",")):
         n = int(requests_per_slot * workers * slots)
         prompt, output = make_tokens({"kind": "normal"}).sample(np.random.default_rng(1), n)
@@ -39,7 +40,8 @@ def bench_saturated(requests_per_slot: float, workers_list: str) -> None:
             result = run_saturated(params, prompt, output, 1)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             steps = result.summary["steps"]
-            print(f"{workers:>5} {admission:>10} {n:>9} {steps:>7} {wall:>8.2f} {cpu:>8.2f} {steps / wall:>9.0f} {n / wall:>11.0f}")
+            rates = f"{steps / wall:>9.0f} {n / wall:>11.0f}"
+            print(f"{workers:>5} {admission:>10} {n:>9} {steps:>7} {wall:>8.2f} {cpu:>8.2f} {rates}")
 
 
 def bench_open(horizon: float, rounds: int, routers: tuple[str, ...] = ("least_tokens", "dgdlb")) -> None:
@@ -54,12 +56,12 @@ def bench_open(horizon: float, rounds: int, routers: tuple[str, ...] = ("least_t
             summary = lbsim.simulate(scenario, router=router).summary()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             timings[router].append((summary["jobs_arrived"], summary["steps"], wall, cpu))
-    print(f"  {'router':<14} {'jobs':>8} {'steps':>8} {'wall s':>7} {'cpu s':>7} {'jobs/s wall':>12} {'jobs/s cpu':>11}")
+    print(f"  {'router':<14} {'jobs':>8} {'steps':>8} {'wall s':>7} {'cpu s':>7} {'jobs/s wall':>12} {'jobs/s cpu':>10}")
     for router, runs in timings.items():
         jobs, steps = runs[0][:2]  # the same in every round: the runs are seeded
         wall = statistics.median(w for *_, w, _ in runs)
         cpu = statistics.median(c for *_, c in runs)
-        rates = f"{jobs / wall:>12,.0f} {jobs / cpu:>11,.0f}"
+        rates = f"{jobs / wall:>12,.0f} {jobs / cpu:>10,.0f}"
         print(f"  {router:<14} {jobs:>8} {steps:>8} {wall:>7.2f} {cpu:>7.2f} {rates}")
 
 
