@@ -56,12 +56,13 @@ def bench_open(horizon: float, rounds: int, routers: tuple[str, ...] = ("least_t
             summary = lbsim.simulate(scenario, router=router).summary()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             timings[router].append((summary["jobs_arrived"], summary["steps"], wall, cpu))
-    print(f"  {'router':<14} {'jobs':>8} {'steps':>8} {'wall s':>7} {'cpu s':>7} {'jobs/s wall':>12} {'jobs/s cpu':>10}")
+    columns = f"{'jobs':>8} {'steps':>8} {'wall s':>7} {'cpu s':>7}"
+    print(f"  {'router':<14} {columns} {'jobs/s wall':>11} {'jobs/s cpu':>10}")
     for router, runs in timings.items():
         jobs, steps = runs[0][:2]  # the same in every round: the runs are seeded
         wall = statistics.median(w for *_, w, _ in runs)
         cpu = statistics.median(c for *_, c in runs)
-        rates = f"{jobs / wall:>12,.0f} {jobs / cpu:>10,.0f}"
+        rates = f"{jobs / wall:>11,.0f} {jobs / cpu:>10,.0f}"
         print(f"  {router:<14} {jobs:>8} {steps:>8} {wall:>7.2f} {cpu:>7.2f} {rates}")
 
 
