@@ -59,9 +59,9 @@ def as_call(router: str, seed: int) -> tuple[str, dict[str, Any]]:
 
 def run(settings: Settings) -> Section:
     scenario = lbsim.load_scenario(SCENARIOS / "llm_dp_global.toml", warn=False)
-    horizon, warmup = settings.pick((8.0, 2.0), (200.0, 40.0))
+    horizon, warmup = settings.pick((8.0, 2.0), (150.0, 30.0))
     scenario = scenario.replace(**{"simulation.horizon": horizon, "simulation.warmup": warmup})
-    seeds = [scenario.simulation.seed + k for k in range(settings.pick(2, 5))]
+    seeds = [scenario.simulation.seed + k for k in range(settings.pick(2, 4))]
 
     # every cell on the same seeds; DGD-LB and the optimal split keep their routing and loads
     cells = [(admission, router) for admission in ADMISSIONS for router in ROUTERS]
