@@ -10,8 +10,9 @@ optimum, which sees each engine through its equivalent rate function
 against DGD-LB's time-averaged ones after the warm-up, and the mean latency
 of both, with the optimum's static split played in the simulator to tell
 the routing's share of the gap from the approximation's. Writes
-``llm_serving.png`` (the four figures by router, one bar per admission),
-``llm_serving.md``/``.csv`` and ``llm_serving_optimum.md``/``.csv``.
+``llm_serving.png`` (four of the figures by router, one bar per admission),
+``llm_serving.md``/``.csv`` (the grid), ``llm_serving_optimum.md``/``.csv``
+(flows, requests per engine and routing) and ``llm_serving_latency.md``/``.csv``.
 """
 
 from __future__ import annotations
