@@ -11,6 +11,7 @@ against DGD-LB's time-averaged ones after the warm-up, and the mean latency
 of both, with the optimum's static split played in the simulator to tell
 the routing's share of the gap from the approximation's. Writes
 ``llm_serving.png`` (four of the figures by router, one bar per admission),
+``llm_serving_split.png`` (DGD-LB's split of the us frontend over time, the optimum's dotted),
 ``llm_serving.md``/``.csv`` (the grid), ``llm_serving_optimum.md``/``.csv``
 (flows, requests per engine and routing) and ``llm_serving_latency.md``/``.csv``.
 """
@@ -85,6 +86,13 @@ def run(settings: Settings) -> Section:
     dgdlb = [outputs[("fcfs", "dgdlb", seed)] for seed in seeds]
     optimal_split = [outputs[("fcfs", OPTIMAL_SPLIT, seed)] for seed in seeds]
     split_md, distance = optimum_tables(scenario, opt, dgdlb, optimal_split, settings)
+    names = [scenario.backend_label(j) for j in range(scenario.num_backends)]
+    frontends = [scenario.frontend_label(i) for i in range(scenario.num_frontends)]
+    ax = plots.routing_splits(dgdlb[0]["routing"], frontend=0, names=names, frontend_names=frontends,
+                              optimum=opt.routing)  # fmt: skip
+    ax.axvline(warmup, color="0.5", linewidth=0.8)
+    ax.set_title(f"llm_dp_global: dgdlb's split of {frontends[0]} (seed {seeds[0]}, fcfs; dotted: the optimum)")
+    split_png = common.save(ax.figure, settings, "llm_serving_split")
     latency = latency_against_optimum(runs, opt.mean_latency)
 
     c = table.set_index(["router", "admission"])
@@ -112,7 +120,7 @@ def run(settings: Settings) -> Section:
         command=common.command("llm_serving.py"),
         text=text,
         tables=[table_md, split_md, latency_markdown(latency, opt.mean_latency, settings)],
-        figures=[grid_png],
+        figures=[grid_png, split_png],
         headline=headline,
     )
 
