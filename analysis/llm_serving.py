@@ -172,7 +172,7 @@ def grid_figure(table: pd.DataFrame, seeds: int):
             x = centres - 0.4 + width * (k + 0.5)
             ax.bar(x, estimate, width=width, color=colours[admission], label=admission,
                    yerr=np.maximum(error, 0), error_kw={"elinewidth": 0.8, "capsize": 1.5})  # fmt: skip
-        ax.set_xticks(centres, ROUTERS, fontsize="small")
+        ax.set_xticks(centres, ROUTERS, fontsize="small", rotation=15)
         ax.set_ylabel(title)
         ax.grid(True, axis="y", alpha=0.3)
         # the bars differ by a few percent: a zero-based axis would hide every difference
@@ -183,7 +183,6 @@ def grid_figure(table: pd.DataFrame, seeds: int):
             ax.set_ylim(finite.min() - margin, finite.max() + margin)
     axes.flat[0].legend(title="admission", fontsize="small")
     figure.suptitle(f"llm_dp_global: router x engine admission (95% CIs across {seeds} seeds)")
-    figure.tight_layout()
     return figure
 
 
