@@ -19,6 +19,10 @@ class ScenarioError(ValueError):
         self.message = message
         super().__init__(f"{key}: {message}" if key else message)
 
+    def __reduce__(self) -> tuple[type[ScenarioError], tuple[str, str]]:
+        # An error raised in a worker process must cross back whole (the default pickles only str(self)).
+        return (type(self), (self.key, self.message))
+
 
 def suggest(name: str, valid: Iterable[str]) -> str:
     """A ``did you mean`` hint for an unknown name, or an empty string."""

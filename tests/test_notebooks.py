@@ -34,7 +34,7 @@ def notebooks() -> list[Path]:
 
 def test_the_notebooks_are_there_without_outputs():
     names = {p.stem for p in notebooks()}
-    assert {"quickstart", "tail_latency", "network_latency", "fluid_limit", "dgdlb_stability"} <= names
+    assert {"quickstart", "tail_latency", "network_latency", "fluid_limit", "dgdlb_stability", "llm_serving"} <= names
     for path in notebooks():
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)

@@ -447,3 +447,13 @@ def test_every_shipped_scenario_loads_and_runs(path):
 
 def test_scenarios_directory_is_not_empty():
     assert SCENARIOS, "scenarios/ holds no TOML files"
+
+
+def test_a_scenario_error_survives_pickling():
+    """Raised in a worker process (sweeps, compare), the error crosses back with its key and message."""
+    import pickle
+
+    from lbsim.errors import ScenarioError
+
+    again = pickle.loads(pickle.dumps(ScenarioError("router.name", "unknown router 'jsk'")))
+    assert isinstance(again, ScenarioError) and (again.key, again.message) == ("router.name", "unknown router 'jsk'")
