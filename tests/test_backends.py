@@ -128,6 +128,12 @@ def test_a_model_without_a_rate_function_is_named_where_one_is_needed():
             lbsim.optimum(s)
         assert err.value.key == "backends[0].model"
         assert "'_test_opaque' has no fluid rate function" in err.value.message and "optimum" in err.value.message
+        with pytest.raises(ScenarioError) as err:  # a router that reads mu: refused at load
+            s.replace(**{"router": {"name": "dgdlb"}})
+        assert err.value.key == "backends[0].model" and "router 'dgdlb'" in err.value.message
+        with pytest.raises(ScenarioError) as err:
+            lbsim.fluid(s, router="jsq")
+        assert err.value.key == "backends[0].model" and "fluid model" in err.value.message
     finally:
         BACKENDS.pop("_test_opaque")
 
