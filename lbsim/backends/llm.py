@@ -104,6 +104,7 @@ class LLMBackend(BackendModel):
 
     def catch_up(self, now: float) -> None:
         engine = self.engine
+        played = self.next_done <= now
         while self.next_done <= now:
             t = self.next_done
             done = engine.advance(t)  # exactly the step ending at t
@@ -117,8 +118,8 @@ class LLMBackend(BackendModel):
                 if self.observer is not None:
                     self.observer.finished(job, t)
                 self.context.on_done(job, t)
-        if not self._lazy:
-            self._schedule()
+        if played and not self._lazy:
+            self._schedule()  # the next step's end (the event that fired, or a read, played the last one)
 
     def _next(self) -> None:
         if self.engine.next_event_time != self.next_done:
