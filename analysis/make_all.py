@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 #: the results, in the README's order (one script each)
-SCRIPTS = ("least_latency_trap", "dgdlb_latency", "dgdlb_stability", "prequal", "llm_global", "fluid_scaling")
+SCRIPTS = ("least_latency_trap", "dgdlb_latency", "dgdlb_stability", "prequal", "llm_global", "bfio", "fluid_scaling")
 
 
 def main(argv=None) -> int:
