@@ -65,17 +65,15 @@ def saturated(params: LLMParams, prompt: np.ndarray, output: np.ndarray) -> tupl
 
 # -- engine ----------------------------------------------------------------------------------
 def engine_section(ranks: list[int], requests_per_slot: float) -> None:
-    print(
-        f"{'G':>5} {'admission':>10} {'requests':>9} {'steps':>7} {'wall s':>8} {'cpu s':>8} {'steps/s':>9} {'requests/s':>11}"
-    )
+    print(f"{'G':>5} {'admission':>10} {'requests':>9} {'steps':>7} {'wall s':>8} {'cpu s':>8}", end="")
+    print(f" {'steps/s':>9} {'requests/s':>11}")
     for workers in ranks:
         n = int(requests_per_slot * workers * SLOTS)
         prompt, output = workload(n, 1)
         for admission in ("fcfs", "jsq"):
             wall, cpu, steps = saturated(engine_params(workers, {"name": admission}), prompt, output)
-            print(
-                f"{workers:>5} {admission:>10} {n:>9} {steps:>7} {wall:>8.2f} {cpu:>8.2f} {steps / wall:>9.0f} {n / wall:>11.0f}"
-            )
+            print(f"{workers:>5} {admission:>10} {n:>9} {steps:>7} {wall:>8.2f} {cpu:>8.2f}", end="")
+            print(f" {steps / wall:>9.0f} {n / wall:>11.0f}")
 
 
 # -- policies --------------------------------------------------------------------------------
