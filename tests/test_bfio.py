@@ -11,6 +11,7 @@ one token per step, prompts and outputs from its synthetic normal workload.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+import lbsim
 from lbsim.llm.bfio import (
     BestfitParams,
     BfioExactParams,
@@ -232,7 +234,14 @@ def test_every_policy_returns_a_valid_assignment(state: dict, horizon: int, thre
     count = len(prompts)
     assert_valid(bestfit(loads, free, prompts), free, count)
     admissions = bfio(
-        loads, free, prompts, state["lengths"], state["remaining"], state["outputs"], horizon, greedy_threshold=threshold
+        loads,
+        free,
+        prompts,
+        state["lengths"],
+        state["remaining"],
+        state["outputs"],
+        horizon,
+        greedy_threshold=threshold,
     )
     assert_valid(admissions, free, count)
     if count * int(np.count_nonzero(free)) <= 40:
@@ -363,3 +372,22 @@ def test_bfio_without_lookahead_leaves_less_imbalance_than_fcfs_and_jsq():
     with_jsq = mean_imbalance(plain(jsq))
     assert with_bfio < with_jsq
     assert with_bfio < with_fcfs
+
+
+# -- the evidence's scenario files (analysis/bfio.py) ------------------------------------------
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def test_the_evidence_scenarios_load_and_run():
+    energy = lbsim.load_scenario(SCENARIOS / "bfio_energy.toml", ["jobs.count=300"])
+    assert energy.simulation.mode == "saturated"
+    assert energy.backends[0].params.power.kind == "time_split"
+    summary = lbsim.simulate(energy.replace(**{"backends.0.admission": {"name": "bfio", "horizon": 20}})).summary()
+    assert summary["jobs_completed"] == 300 and summary["energy"] > 0
+
+    open_mode = lbsim.load_scenario(
+        SCENARIOS / "bfio_open.toml", ["simulation.horizon=20", "simulation.warmup=5"], warn=False
+    )
+    assert open_mode.simulation.mode == "open" and open_mode.num_backends == 3
+    assert all(b.params.workers == 16 and b.params.slots == 72 for b in open_mode.backends)
+    assert lbsim.simulate(open_mode, router="least_tokens").summary()["jobs_completed"] > 0
