@@ -82,9 +82,14 @@ class BfioExactParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     size_limit: int = Field(
-        4096,
+        128,
         ge=1,
-        description="largest integer program solved: candidates x ranks with a free slot (binary variables)",
+        description="largest integer program solved: candidates x ranks with a free slot (binary variables); "
+        "an empty engine of G ranks revealing 4G requests needs 4 G**2, and HiGHS proves optimality in about "
+        "a second at G = 4 but not in minutes at G = 8",
+    )
+    time_limit: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="seconds HiGHS may take per admission before the run stops"
     )
 
 
@@ -330,7 +335,9 @@ def estimate_outputs(
 
 
 # -- exact H = 0 admission -------------------------------------------------------------
-def bfio_exact(loads: np.ndarray, free: np.ndarray, prompts: np.ndarray, size_limit: int = 4096) -> Admissions:
+def bfio_exact(
+    loads: np.ndarray, free: np.ndarray, prompts: np.ndarray, size_limit: int = 128, time_limit: float = 60.0
+) -> Admissions:
     """The ``H = 0`` admission solved exactly as an integer program (HiGHS via ``scipy.optimize.milp``).
 
     With ``x_cg = 1`` when candidate ``c`` enters rank ``g``: minimise
@@ -340,7 +347,9 @@ def bfio_exact(loads: np.ndarray, free: np.ndarray, prompts: np.ndarray, size_li
     Since ``sum_g L_g`` is fixed, the objective is the imbalance after the
     admission ``G max_g L'_g - sum_g L'_g`` up to a constant. Only ranks with
     a free slot get variables. Raises ``ValueError`` when ``R`` times the
-    number of such ranks exceeds ``size_limit``.
+    number of such ranks exceeds ``size_limit``, ``RuntimeError`` when HiGHS
+    has not proved an optimum within ``time_limit`` seconds (the admission
+    would not be exact).
     """
     loads = np.asarray(loads, dtype=np.int64)
     free = np.asarray(free, dtype=np.int64)
@@ -388,17 +397,30 @@ def bfio_exact(loads: np.ndarray, free: np.ndarray, prompts: np.ndarray, size_li
     lower.append(float(admitted))
     upper.append(float(admitted))
     constraints = LinearConstraint(np.array(rows), np.array(lower), np.array(upper))
-    bounds = Bounds(np.full(size + 1, 0.0), np.concatenate((np.ones(size), [np.inf])))
+    upper_x = np.ones(size)
+    # Ranks in the same state (load and free slots: every rank at t = 0) are interchangeable.
+    # Number each group's ranks by the first candidate they take: the k-th then takes no
+    # candidate before the k-th, so x = 0 there. Every admission has such a copy (an optimum
+    # is kept) and branch and bound is spared the mirror images of one assignment.
+    groups: dict[tuple[int, int], int] = {}
+    for j, rank in enumerate(open_ranks):
+        k = groups.get((int(loads[rank]), int(free[rank])), 0)
+        groups[(int(loads[rank]), int(free[rank]))] = k + 1
+        upper_x[j : min(k, count) * width : width] = 0.0
+    bounds = Bounds(np.full(size + 1, 0.0), np.concatenate((upper_x, [np.inf])))
     bounds.lb[-1] = float(loads.max())
     result = milp(
         cost,
         constraints=constraints,
         integrality=np.ones(size + 1, dtype=np.int64),
         bounds=bounds,
-        options={"mip_rel_gap": 0.0},
+        options={"mip_rel_gap": 0.0, "time_limit": time_limit},
     )
     if result.x is None or not result.success:
-        raise RuntimeError(f"bfio_exact: HiGHS found no optimal admission ({result.message})")
+        raise RuntimeError(
+            f"bfio_exact: HiGHS proved no optimal admission of {count} candidates to {width} ranks within "
+            f"{time_limit:g} s ({result.message}); reveal fewer requests or use bfio"
+        )
     chosen = np.flatnonzero(np.rint(result.x[:size]) > 0.5)
     return [(int(k // width), int(open_ranks[k % width])) for k in chosen]
 
@@ -498,7 +520,8 @@ class BFIOExact(AdmissionPolicy):
             )
 
     def admit(self, state: RankState, candidates: Candidates) -> Admissions:
-        return bfio_exact(state.loads, state.free, candidates.prompt, self.params.size_limit)  # type: ignore[attr-defined]
+        p: BfioExactParams = self.params  # type: ignore[assignment]
+        return bfio_exact(state.loads, state.free, candidates.prompt, p.size_limit, p.time_limit)
 
 
 @register_admission
