@@ -176,7 +176,7 @@ def test_routers_lists_every_registered_router(tmp_path):
     assert proc.returncode == 0, proc.stderr
     listed = {line.split(":")[0] for line in proc.stdout.splitlines() if line and not line.startswith(" ")}
     assert listed == set(ROUTERS) >= {"random", "round_robin", "jsq", "power_of_d", "weighted"}
-    assert "    d (default 2)" in proc.stdout
+    assert "    d (default 2, >= 1)" in proc.stdout  # default, then the bounds from the Params field
 
 
 def test_routers_json(tmp_path):
