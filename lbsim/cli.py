@@ -59,8 +59,9 @@ class Group(click.Group):
             sys.exit(0)
         except click.UsageError as exc:
             _fail(exc.format_message())
-        except click.exceptions.Abort:
-            _fail("aborted")
+        except click.exceptions.Abort:  # Ctrl-C: 130 as a shell reports SIGINT (2 stays for bad input)
+            click.echo("error: aborted", err=True)
+            sys.exit(130)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
 

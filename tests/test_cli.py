@@ -188,3 +188,10 @@ def test_routers_json(tmp_path):
     assert all(row["description"] for row in table)
     (d,) = [p for p in by_name["power_of_d"]["params"] if p["name"] == "d"]
     assert d["default"] == 2 and d["description"]
+
+
+def test_python_dash_m_lbsim_is_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "lbsim", "validate", "scenarios/two_regions.toml"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "ok (2 frontends, 4 backends" in proc.stdout, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "lbsim", "run", "scenarios/nope.toml", "--out", "x"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: scenarios/nope.toml"), proc.stderr

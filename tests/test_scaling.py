@@ -145,7 +145,7 @@ def running(pid: int) -> bool:
 def test_ctrl_c_stops_lbsim_scaling_cleanly_and_it_resumes(tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) on `lbsim scaling --workers 2`.
 
-    The command exits with one line and status 2, no worker prints a
+    The command exits with one line and status 130, no worker prints a
     traceback, no process is left behind, and the same command run again
     reuses the runs that finished and prints the same table as a clean run.
     """
@@ -167,7 +167,7 @@ def test_ctrl_c_stops_lbsim_scaling_cleanly_and_it_resumes(tmp_path):
     _, stderr = child.communicate(timeout=60)
     stderr = stderr.decode()
     finished = len(list((out / "runs").glob("*.json")))
-    assert child.returncode == 2 and 2 <= finished < 8, (child.returncode, finished, stderr)
+    assert child.returncode == 130 and 2 <= finished < 8, (child.returncode, finished, stderr)
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "error: aborted", stderr
     deadline = time.monotonic() + 30
     while (left := {p for p in workers if running(p)}) and time.monotonic() < deadline:

@@ -1,0 +1,5 @@
+"""``python -m lbsim``: the same command line as ``lbsim``."""
+
+from .cli import main
+
+main()
