@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel
 from simpy.core import NORMAL
 
@@ -37,6 +36,10 @@ from ..llm.request import LLMRequest
 from ..llm.steps import StepLog
 from ..rates import RateFamily
 from .base import BackendContext, BackendModel, EngineState, Workload, register_backend
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 INF = float("inf")
 

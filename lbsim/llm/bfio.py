@@ -42,7 +42,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from .subset_sum import NODE_BUDGET, largest_fitting, smallest_total
 
@@ -351,6 +350,8 @@ def bfio_exact(
     has not proved an optimum within ``time_limit`` seconds (the admission
     would not be exact).
     """
+    from scipy.optimize import Bounds, LinearConstraint, milp  # (lazy: a third of a second to import)
+
     loads = np.asarray(loads, dtype=np.int64)
     free = np.asarray(free, dtype=np.int64)
     prompts = np.asarray(prompts, dtype=np.int64)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from lbsim.llm.request import LLMRequest
 from lbsim.llm.steps import StepLog, Sums
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 JOB_COLUMNS = (
     "request_id", "prompt", "output", "rank", "t_arrival", "t_admit", "t_first_token", "t_done",
@@ -27,6 +30,8 @@ JOB_COLUMNS = (
 
 def jobs_frame(requests: Sequence[LLMRequest]) -> pd.DataFrame:
     """One row per request: tokens, rank, times, ``ttft``, ``tpot``, ``pool_wait = t_admit - t_arrival``."""
+    import pandas as pd  # (lazy: the CLI starts without pandas)
+
     nan = float("nan")
 
     def time(value: float | None) -> float:

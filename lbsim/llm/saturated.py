@@ -8,17 +8,20 @@ kept full while the pool lasts, so the figures measure admission alone
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from lbsim.llm.engine import LLMEngine
 from lbsim.llm.figures import engine_figures, jobs_frame, protocol_figures
 from lbsim.llm.params import LLMParams
 from lbsim.llm.request import LLMRequest
 from lbsim.llm.steps import StepLog
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 
 @dataclass

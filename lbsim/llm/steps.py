@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
+
+
 
 COLUMNS = (
     "t", "step", "duration", "load_max", "load_sum", "imbalance", "idle_rate", "barrier_idle",
@@ -131,6 +135,8 @@ class StepLog:
 
     def frame(self) -> pd.DataFrame:
         """The recorded steps: one row per step, or per sample with ``*_total`` running sums."""
+        import pandas as pd  # (lazy: the CLI starts without pandas)
+
         if self.sample_interval is not None and self._pending is not None:
             self._append(*self._pending)
             self._pending = None
