@@ -25,7 +25,8 @@ LAYERS: list[set[str]] = [
     {"fluid", "plots"},
     {"experiments"},
     {"scaling"},
-    {"cli", "__main__"},
+    {"cli"},
+    {"__main__"},
 ]
 PACKAGE = Path(lbsim.__file__).parent
 
