@@ -373,9 +373,13 @@ class Scenario(_Table):
         return np.array([b.model_class.load_limit(b.params, self.workload) for b in self.backends], dtype=float)
 
     def supremum(self, j: int) -> float:
-        """sup mu_j, the most backend j can serve (inf for a model without a rate function)."""
+        """The most backend j can serve: sup mu_j, or mu_j at its load limit (``max_load``, an engine's
+        G * B requests) when it has one; inf for a model without a rate function."""
         mu = self.service_rates[j]
-        return math.inf if mu is None else mu.supremum
+        if mu is None:
+            return math.inf
+        limit = float(self.load_limits[j])
+        return float(mu.value(limit)) if math.isfinite(limit) else mu.supremum
 
     @cached_property
     def workload(self) -> Workload:
