@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .backends import DEFAULT_MODEL, BackendModel, Workload, backend_class, validate_params
+from .backends import DEFAULT_MODEL, BackendModel, Workload, backend_class
 from .distributions import DISTRIBUTIONS, Distribution, make_distribution
 from .errors import ScenarioError, unknown
 from .llm.tokens import TokenMoments, TokenWorkload, make_tokens, read_arrival_trace
@@ -207,7 +207,7 @@ class BackendTable(_Table):
     @model_validator(mode="after")
     def _model_params(self):
         cls = backend_class(self.model)
-        self._params = validate_params(self.model, dict(self.model_extra or {}))
+        self._params = cls.parse_params(dict(self.model_extra or {}), "")
         if self.antagonist is not None and not cls.supports_antagonist:
             raise ScenarioError("antagonist", f"backend model '{self.model}' does not support antagonists")
         return self

@@ -70,6 +70,20 @@ class Workload:
     mean_length: float = 0.0  #: mean resident tokens of an active request (llm.equivalent.mean_resident_length)
 
 
+@dataclass
+class FleetOutputs:
+    """A model's additions to a run's outputs (:meth:`BackendModel.fleet_outputs`)."""
+
+    #: columns for the jobs these backends served, with ``job_id`` (None: no columns)
+    job_columns: Any = None
+    #: values of those columns for jobs other backends served
+    fill: dict[str, Any] = field(default_factory=dict)
+    #: output tables by name (``steps``), each with a ``backend`` column
+    tables: dict[str, Any] = field(default_factory=dict)
+    #: summary figures
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
 class EngineState(NamedTuple):
     """What an LLM-aware router may know of a backend beyond its job count (as stale as the telemetry)."""
 
@@ -197,13 +211,10 @@ class BackendModel:
             return EngineState(self.jobs * self.context.mean_size, 0, 0)
         return EngineState(self.jobs_at(t) * self.context.mean_size, 0, 0)
 
-    def job_columns(self) -> Any:
-        """Extra columns for the jobs this backend served (a DataFrame with ``job_id``), or None."""
-        return None
-
-    def tables(self) -> dict[str, Any]:
-        """Extra output tables of this backend (e.g. ``{"steps": DataFrame}``), each with a ``backend`` column."""
-        return {}
+    @classmethod
+    def fleet_outputs(cls, backends: Sequence[BackendModel], warmup: float) -> FleetOutputs:
+        """What the model adds to a run's outputs, over every backend of this model in it."""
+        return FleetOutputs()
 
     # -- provided ---------------------------------------------------------------------
     @property
@@ -229,20 +240,24 @@ class BackendModel:
             self._prune(now)
 
     def _prune(self, now: float) -> None:
-        # Keep the last change at or before now - window: it is the state a
-        # frontend with the longest delay still sees.
-        window = self.context.history_window
-        if window is None:
-            return
-        k = bisect_right(self.history_t, now - window) - 1
-        if k > 0:
-            del self.history_t[:k]
-            del self.history_n[:k]
+        if self.context.history_window is not None:
+            prune(self.history_t, self.history_n, now - self.context.history_window)
         self._prune_at = max(8, 2 * len(self.history_t))
 
     @classmethod
     def describe(cls) -> str:
         return first_paragraph(cls)
+
+
+def prune(times: list[float], values: list[Any], oldest: float) -> None:
+    """Drop a history's entries before the last one at or before ``oldest`` (``now`` - the longest delay).
+
+    That last entry stays: it is the state a frontend with the longest delay still sees.
+    """
+    k = bisect_right(times, oldest) - 1
+    if k > 0:
+        del times[:k]
+        del values[:k]
 
 
 def backend_class(name: str, key: str = "model") -> type[BackendModel]:

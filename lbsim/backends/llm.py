@@ -18,7 +18,7 @@ the job count so that a view never shows fresher state than its mode allows.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -30,15 +30,15 @@ from ..events import Wakeup
 from ..jobs import Job
 from ..llm.engine import LLMEngine
 from ..llm.equivalent import equivalent_rate
-from ..llm.figures import jobs_frame
+from ..llm.figures import engine_figures, jobs_frame, merge_sums
 from ..llm.params import LLMParams
 from ..llm.request import LLMRequest
 from ..llm.steps import StepLog
 from ..rates import RateFamily
-from .base import BackendContext, BackendModel, EngineState, Workload, register_backend
+from .base import BackendContext, BackendModel, EngineState, FleetOutputs, Workload, prune, register_backend
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 
 INF = float("inf")
@@ -48,7 +48,7 @@ INF = float("inf")
 class LLMBackend(BackendModel):
     """A data-parallel LLM engine: G ranks x B slots stepping behind a barrier, an admission policy (docs/llm.md)."""
 
-    __slots__ = ("_lazy", "_version", "engine", "requests", "state", "state_t")
+    __slots__ = ("_lazy", "_state_prune_at", "_version", "engine", "requests", "state", "state_t")
 
     name: ClassVar[str] = "llm"
     Params = LLMParams  # type: ignore[assignment]
@@ -87,6 +87,7 @@ class LLMBackend(BackendModel):
         # History of the LLM-facing state, beside the job count's (same window).
         self.state_t = [-INF]
         self.state = [EngineState(0.0, params.workers * params.slots, 0)]
+        self._state_prune_at = 8  # (pruned as the job count's history is: when it has doubled)
         self._version = 0
         self._lazy = context.lazy
 
@@ -140,16 +141,15 @@ class LLMBackend(BackendModel):
             self.catch_up(self.next_done)
 
     def _record_state(self, t: float) -> None:
-        if self.context.history_window is None and self.state_t[-1] > -INF:
+        window = self.context.history_window
+        if window is None:  # no telemetry reads the past: the present is all there is to keep
             self.state_t[-1], self.state[-1] = t, self._state()
             return
         self.state_t.append(t)
         self.state.append(self._state())
-        window = self.context.history_window
-        if window is not None and len(self.state_t) > 64 and self.state_t[len(self.state_t) // 2] < t - window:
-            k = bisect_right(self.state_t, t - window) - 1
-            del self.state_t[:k]
-            del self.state[:k]
+        if len(self.state_t) >= self._state_prune_at:
+            prune(self.state_t, self.state, t - window)
+            self._state_prune_at = max(8, 2 * len(self.state_t))
 
     def _state(self) -> EngineState:
         e = self.engine
@@ -189,24 +189,31 @@ class LLMBackend(BackendModel):
         if scenario.jobs.tokens is None:
             raise ScenarioError("jobs.tokens", f"required: {key} is an llm backend, whose requests are in tokens")
 
-    def job_columns(self) -> pd.DataFrame:
-        """rank, t_admit, t_first_token, ttft, tpot, pool_wait and preemptions of every job served here.
+    @classmethod
+    def fleet_outputs(cls, backends: Sequence[BackendModel], warmup: float) -> FleetOutputs:
+        """The engines' jobs columns, their steps, and the figures of both modes over the measured jobs.
 
-        In a whole system ``ttft`` runs from the request's arrival at its
-        frontend to its first token's arrival back there (both network hops
-        included); ``pool_wait`` from its arrival at the engine to admission.
+        Columns: rank, t_admit, t_first_token, ttft, tpot, pool_wait and
+        preemptions. In a whole system ``ttft`` runs from the request's arrival
+        at its frontend to its first token's arrival back there (both network
+        hops included); ``pool_wait`` from its arrival at the engine to
+        admission. The figures cover the jobs that arrived after ``warmup``;
+        the step sums, the whole run.
         """
-        frame = jobs_frame(self.requests).rename(columns={"request_id": "job_id"})
-        jobs = [r.payload for r in self.requests]
-        frame["t_frontend_arrival"] = np.array([job.t_arrival for job in jobs], dtype=np.float64)
-        back = np.array([job.return_delay for job in jobs], dtype=np.float64)
-        frame["ttft"] = frame["t_first_token"] + back - frame["t_frontend_arrival"]
-        return frame[
-            ["job_id", "rank", "t_admit", "t_first_token", "ttft", "tpot", "pool_wait", "preemptions", "t_done",
-             "t_frontend_arrival"]
-        ]  # fmt: skip
+        import pandas as pd  # (lazy: the CLI starts without pandas)
 
-    def tables(self) -> dict[str, pd.DataFrame]:
-        steps = self.engine.log.frame()
-        steps["backend"] = np.int32(self.index)
-        return {"steps": steps}
+        engines = [b for b in backends if isinstance(b, LLMBackend)]
+        requests = [r for b in engines for r in b.requests]
+        frame = jobs_frame(requests).rename(columns={"request_id": "job_id"})
+        jobs = [r.payload for r in requests]
+        arrival = np.array([job.t_arrival for job in jobs], dtype=np.float64)
+        back = np.array([job.return_delay for job in jobs], dtype=np.float64)
+        frame["ttft"] = frame["t_first_token"] + back - arrival
+        figures = engine_figures(
+            merge_sums([b.engine.log.sums for b in engines]),
+            frame[arrival >= warmup],
+            sum(b.engine.preemptions for b in engines),
+        )
+        steps = pd.concat([b.engine.log.frame().assign(backend=np.int32(b.index)) for b in engines], ignore_index=True)
+        columns = ["job_id", "rank", "t_admit", "t_first_token", "ttft", "tpot", "pool_wait", "preemptions"]
+        return FleetOutputs(frame[columns], {"rank": -1, "preemptions": 0}, {"steps": steps}, figures)

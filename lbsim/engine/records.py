@@ -31,14 +31,18 @@ assert ROW.size == ROW_DTYPE.itemsize  # packed, in the same order, with no padd
 class JobRecords:
     """One row per job whose service at the backend has ended."""
 
+    _row = ROW
+    _dtypes = _DTYPES
+    _row_dtype = ROW_DTYPE
+
     def __init__(self):
         self._buffer = io.BytesIO()
         # Bound once: add() runs once per job.
         self._write = self._buffer.write
-        self._pack = ROW.pack
+        self._pack = self._row.pack
 
     def __len__(self) -> int:
-        return self._buffer.tell() // ROW.size
+        return self._buffer.tell() // self._row.size
 
     def add(self, job, t_done: float) -> None:
         """Record a job as its backend finishes it; its response lands ``job.return_delay`` later."""
@@ -48,14 +52,28 @@ class JobRecords:
     def frame(self, horizon: float) -> pd.DataFrame:
         """Jobs whose response reached their frontend by ``horizon``, in job_id order."""
         # A view of the buffer, not a copy; each column below is copied once, already in order.
-        table = np.frombuffer(self._buffer.getbuffer(), ROW_DTYPE)
+        table = np.frombuffer(self._buffer.getbuffer(), self._row_dtype)
         done = np.flatnonzero(table["t_response"] <= horizon)
         rows = done[np.argsort(table["job_id"][done], kind="stable")]
-        data = {name: table[name][rows].astype(dtype, copy=False) for name, dtype in _DTYPES.items()}
+        data = {name: table[name][rows].astype(dtype, copy=False) for name, dtype in self._dtypes.items()}
         del table  # releases the buffer, so that more rows could be added
+        tokens = {name: data.pop(name) for name in ("prompt", "output") if name in data}
         data["latency"] = data["t_response"] - data["t_arrival"]
         data["sojourn"] = data["t_backend_done"] - data["t_backend_arrival"]
-        return pd.DataFrame(data)
+        return pd.DataFrame(data | tokens)
+
+
+class TokenJobRecords(JobRecords):
+    """Job records of a token workload: each row also holds the job's prompt and output tokens."""
+
+    _row = struct.Struct("<qii5dqq")
+    _dtypes = _DTYPES | {"prompt": np.int64, "output": np.int64}
+    _row_dtype = np.dtype([(name, np.dtype(dtype).newbyteorder("<")) for name, dtype in _dtypes.items()])
+
+    def add(self, job, t_done: float) -> None:
+        self._write(self._pack(job.job_id, job.frontend, job.backend, job.size, job.t_arrival,
+                               job.t_backend_arrival, t_done, t_done + job.return_delay,
+                               job.prompt, job.output))  # fmt: skip
 
 
 @dataclass

@@ -55,7 +55,7 @@ class Result:
             "jobs_in_system_end": sim.to_backends + at_backends + measures.responding,
         }
         routing = sim.splits.frame() if sim.splits is not None else _empty_routing()
-        jobs, steps, figures = _engine_outputs(sim, jobs)
+        jobs, steps, figures = _model_outputs(sim, jobs)
         return cls(
             jobs=jobs,
             timeseries=sim.samples.frame(sim.mean_size),
@@ -162,30 +162,18 @@ class Result:
         return out
 
 
-def _engine_outputs(sim: Any, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Tokens and llm columns joined to the jobs table by job_id; the steps table; the engines' figures."""
-    if sim.with_tokens and len(jobs):
-        tokens = np.array(sim.job_tokens, dtype=np.int64).reshape(-1, 2)[jobs["job_id"].to_numpy()]
-        jobs = jobs.assign(prompt=tokens[:, 0], output=tokens[:, 1])
-    extra = [c for b in sim.backends if (c := b.job_columns()) is not None]
-    tables = [t["steps"] for b in sim.backends if "steps" in (t := b.tables())]
-    if not extra:
-        return jobs, pd.DataFrame(), {}
-    from ..llm.figures import engine_figures, merge_sums
-
-    columns = pd.concat(extra, ignore_index=True)
-    if len(jobs):
-        jobs = jobs.merge(columns, on="job_id", how="left", sort=False)
-        for name in ("rank", "preemptions"):  # jobs of other backends: -1 rank, 0 preemptions
-            jobs[name] = jobs[name].fillna(-1 if name == "rank" else 0).astype(np.int64)
-    if len(jobs):
-        jobs = jobs.drop(columns=["t_done", "t_frontend_arrival"])
-    engines = [b.engine for b in sim.backends if hasattr(b, "engine")]
-    measured = columns[columns["t_frontend_arrival"] >= sim.scenario.simulation.warmup]
-    figures = engine_figures(
-        merge_sums([e.log.sums for e in engines]), measured, sum(e.preemptions for e in engines)
-    )
-    return jobs, pd.concat(tables, ignore_index=True), figures
+def _model_outputs(sim: Any, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """What the backend models add: columns joined to the jobs table by job_id, the steps table, figures."""
+    steps, figures = [], {}
+    for model in dict.fromkeys(type(b) for b in sim.backends):  # each model once, in backend order
+        out = model.fleet_outputs([b for b in sim.backends if type(b) is model], sim.scenario.simulation.warmup)
+        if out.job_columns is not None and len(jobs):
+            jobs = jobs.merge(out.job_columns, on="job_id", how="left", sort=False)
+            for name, value in out.fill.items():  # the model's columns for jobs other backends served
+                jobs[name] = jobs[name].fillna(value).astype(np.int64)
+        steps += [out.tables["steps"]] if "steps" in out.tables else []
+        figures.update(out.figures)
+    return jobs, pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(), figures
 
 
 def _empty_routing() -> pd.DataFrame:

@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable
 from heapq import heappush
+from typing import cast
 
 import numpy as np
 from simpy.core import NORMAL, URGENT
@@ -35,7 +36,7 @@ from ..rates import RateFamily
 from ..routers.base import ProbeReply, Router, RouterContext, make_router, router_class
 from ..scenario import Scenario
 from .kernel import Kernel
-from .records import JobRecords, LatencyRecords, SampleRecords, SplitRecords
+from .records import JobRecords, LatencyRecords, SampleRecords, SplitRecords, TokenJobRecords
 from .telemetry import LocalView, make_view
 
 #: Subsystems that draw random numbers, each from its own spawned stream
@@ -79,10 +80,12 @@ class ArrivalStream:
         #: ``(rng, n) -> (prompts, outputs, sizes)`` for token workloads, else None
         self.sample_tokens = sample_tokens
         self.pending_size = 0.0  # size of the job whose arrival is scheduled
-        self.pending_tokens = (0, 0)  # its (prompt, output), with token workloads
         self._operational = 0.0  # cumulative unit-rate time of the last arrival drawn
         self.times: list[float] = []  # the next arrival times and sizes, last first
         self.sizes: list[float] = []
+        #: the (prompt, output) of the next jobs, last first, with token workloads: unlike times and
+        #: sizes, a job's tokens are taken when it arrives (the batches stay aligned: a refill comes
+        #: after the last job of a batch has taken its own)
         self.tokens: list[tuple[int, int]] = []
         # Breakpoints of M(t) = integral of the multiplier m(s) ds (m = 1 before the first).
         steps = [(0.0, 1.0)] + [(t, m) for t, m in (schedule or []) if t > 0.0]
@@ -114,11 +117,9 @@ class ArrivalStream:
         return np.where(rate > 0, t, np.inf)
 
     def next(self) -> tuple[float, float]:
-        """(arrival time, size) of the next job (its tokens in ``pending_tokens``)."""
+        """(arrival time, size) of the next job."""
         if not self.times:
             self.refill()
-        if self.sample_tokens is not None:
-            self.pending_tokens = self.tokens.pop()
         return self.times.pop(), self.sizes.pop()
 
 
@@ -200,12 +201,16 @@ class Simulation:
         self.route = self.router.route
         # Responses are events only when someone listens for them; then
         # backends must also complete jobs on time (eager), not on demand.
-        self.local_view = isinstance(self.view, LocalView)
-        self.response_events = self.local_view or type(self.router).on_response is not Router.on_response
+        #: the view itself when there is no telemetry (it counts what each frontend has outstanding)
+        self.local_view = self.view if isinstance(self.view, LocalView) else None
+        self.response_events = self.local_view is not None or type(self.router).on_response is not Router.on_response
         if lazy and self.response_events:
             raise ValueError("lazy completions would deliver responses late: this run needs completion events")
         lazy = not self.response_events if lazy is None else lazy
-        self.records = JobRecords() if sim.record_jobs else LatencyRecords(sim.warmup, sim.horizon)
+        if not sim.record_jobs:
+            self.records: JobRecords | LatencyRecords = LatencyRecords(sim.warmup, sim.horizon)
+        else:
+            self.records = TokenJobRecords() if scenario.jobs.tokens is not None else JobRecords()
         on_done = self._done if self.response_events else self.records.add
         record_steps = sim.record_steps or ("all" if sim.mode == "saturated" else "sampled")
         context = BackendContext(
@@ -260,10 +265,8 @@ class Simulation:
             )
             for i, f in enumerate(scenario.frontends)
         ]
-        #: each job's (prompt, output) by job_id, with token workloads
-        self.job_tokens: list[tuple[int, int]] = []
         self.antagonist_rngs = streams["antagonist"]
-        self.network_extras = self.local_view or self.jitter is not None
+        self.network_extras = self.local_view is not None or self.jitter is not None
 
         self.samples = SampleRecords()
         self.splits = SplitRecords(scenario.connect) if self.router.split() is not None else None
@@ -278,7 +281,9 @@ class Simulation:
         """mu_j for the router's context: all of them for a router that reads them (or a one-line error)."""
         if router_class(router).uses_rates:
             return self.scenario.rate_functions(f"router '{router}'")
-        return [mu for mu in self.scenario.service_rates if mu is not None]  # (unread)
+        # Index-aligned with the backends; a router that does not declare uses_rates reads none of them
+        # (it would find None for a backend model without mu).
+        return cast("list[RateFamily]", list(self.scenario.service_rates))
 
     # -- the path of a job ------------------------------------------------------------
     def _arrive(self, event: Wakeup) -> None:
@@ -294,8 +299,7 @@ class Simulation:
         job.size = stream.pending_size
         job.t_arrival = now
         if self.with_tokens:
-            job.prompt, job.output = stream.pending_tokens
-            self.job_tokens.append(stream.pending_tokens)
+            job.prompt, job.output = stream.tokens.pop()
         self.arrived += 1
         j = self.route(i, job, self.view)
         if not self.connect[i][j]:
@@ -316,8 +320,6 @@ class Simulation:
             stream.refill()
             t = stream.times.pop()
         stream.pending_size = stream.sizes.pop()
-        if self.with_tokens:
-            stream.pending_tokens = stream.tokens.pop()
         if t < self.horizon:
             event.callbacks = self._arrive_callbacks
             # env.schedule inlined, at the absolute time t (no now + (t - now) rounding)
@@ -325,7 +327,7 @@ class Simulation:
 
     def _extras(self, job: Job, delay: float) -> float:
         """What only some runs need on a job's way out: local telemetry counts and jitter."""
-        if isinstance(view := self.view, LocalView):
+        if (view := self.local_view) is not None:
             view.outstanding[job.frontend][job.backend] += 1
             view.outstanding_work[job.frontend][job.backend] += job.size
         if self.jitter is not None:  # both directions drawn now, in arrival order: reproducible
@@ -345,7 +347,7 @@ class Simulation:
 
     def _respond(self, event: Wakeup) -> None:
         job = event.payload
-        if isinstance(view := self.view, LocalView):
+        if (view := self.local_view) is not None:
             view.outstanding[job.frontend][job.backend] -= 1
             view.outstanding_work[job.frontend][job.backend] -= job.size
         self.router.on_response(job.frontend, job)
