@@ -67,6 +67,19 @@ class SimulationTable(_Table):
         None, description="[[time, multiplier], ...]: multiplies every frontend's rate from that time on"
     )
     record_jobs: bool = Field(True, description="keep one record per job (jobs.parquet)")
+    drain: bool = Field(
+        True,
+        description="after the horizon, serve the jobs in the system (no more arrivals) so that the summary "
+        "measures every job that arrived in the window",
+    )
+    drain_limit: float | None = Field(
+        None, gt=0, description="longest drain in seconds after the horizon (default: the horizon)"
+    )
+    max_jobs_in_system: int | None = Field(
+        None,
+        gt=0,
+        description="stop the run (status job_limit) when more jobs than this are in the system at a sample",
+    )
     mode: Literal["open", "saturated"] = Field(
         "open",
         description="open: Poisson frontends; saturated: every request of jobs.tokens waits at t = 0 "

@@ -209,3 +209,16 @@ class Spy(Router):
         self.seen.append((self.ctx.now(), frontend, observed))
         candidates = self.neighbours[frontend]
         return self.pick_min(candidates, [observed[j] for j in candidates])
+
+
+def check_counts(result: lbsim.Result) -> None:
+    """Conservation: every job that arrived is completed by the horizon, drained after it, or left over;
+    the jobs table holds the first two; each job once."""
+    c = result.counts
+    assert c["jobs_arrived"] == c["jobs_completed"] + c["jobs_in_system_end"]
+    assert c["jobs_in_system_end"] == c["jobs_to_backends_end"] + c["jobs_at_backends_end"] + c["jobs_responding_end"]
+    assert c["jobs_in_system_end"] == c["jobs_drained"] + c["jobs_undrained"]
+    assert c["jobs_completed"] + c["jobs_drained"] == len(result.jobs)
+    assert min(c.values()) >= 0
+    ids = result.jobs["job_id"].to_numpy()
+    assert len(np.unique(ids)) == len(ids) and (ids < c["jobs_arrived"]).all()

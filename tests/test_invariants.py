@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import backend, float_tolerance, jobs_present, scenario
+from helpers import backend, check_counts, float_tolerance, jobs_present, scenario
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -52,19 +52,9 @@ def _scenario(horizon: float, telemetry: str = "delayed", router: str = "jsq", s
 
 
 # -- 1. conservation ----------------------------------------------------------------------
-def _check_counts(result: lbsim.Result) -> None:
-    c = result.counts
-    assert c["jobs_arrived"] == c["jobs_completed"] + c["jobs_in_system_end"]
-    assert c["jobs_in_system_end"] == c["jobs_to_backends_end"] + c["jobs_at_backends_end"] + c["jobs_responding_end"]
-    assert c["jobs_completed"] == len(result.jobs)
-    assert min(c.values()) >= 0
-    ids = result.jobs["job_id"].to_numpy()
-    assert len(np.unique(ids)) == len(ids) and (ids < c["jobs_arrived"]).all()
-
-
 def test_conservation_counts_add_up():
     result = lbsim.simulate(_scenario(300.0))
-    _check_counts(result)
+    check_counts(result)
     c = result.counts
     # Delays and queues are long enough that every stage holds jobs at the end.
     assert c["jobs_to_backends_end"] > 0 and c["jobs_at_backends_end"] > 0 and c["jobs_responding_end"] > 0
@@ -86,9 +76,8 @@ def test_conservation_against_an_independent_count():
     assert (jobs["job_id"].to_numpy() == np.arange(len(jobs))).all()
     assert len(jobs) == short.counts["jobs_arrived"]
 
-    pd.testing.assert_frame_equal(
-        short.jobs, jobs[jobs["t_response"] <= horizon].reset_index(drop=True), check_exact=True
-    )
+    landed = short.jobs[short.jobs["t_response"] <= horizon].reset_index(drop=True)
+    pd.testing.assert_frame_equal(landed, jobs[jobs["t_response"] <= horizon].reset_index(drop=True), check_exact=True)
     t_ba, t_bd, t_resp = (jobs[c].to_numpy() for c in ("t_backend_arrival", "t_backend_done", "t_response"))
     expected = {
         "jobs_arrived": len(jobs),
@@ -99,6 +88,8 @@ def test_conservation_against_an_independent_count():
         "jobs_responding_end": int(((t_bd < horizon) & (t_resp > horizon)).sum()),
     }
     expected["jobs_in_system_end"] = len(jobs) - expected["jobs_completed"]
+    # the short run drains them all after its horizon
+    expected |= {"jobs_drained": expected["jobs_in_system_end"], "jobs_undrained": 0}
     assert short.counts == expected
 
     ts = short.timeseries
@@ -121,7 +112,8 @@ def _check_causality(result: lbsim.Result) -> None:
     jobs = result.jobs
     t_a, t_ba, t_bd, t_r = (jobs[c].to_numpy() for c in ("t_arrival", "t_backend_arrival", "t_backend_done", "t_response"))
     assert (t_a <= t_ba).all() and (t_ba <= t_bd).all() and (t_bd <= t_r).all()
-    assert (t_r <= result.scenario.simulation.horizon).all()
+    # arrivals stop at the horizon; the drain after it ends when the last job's service does
+    assert (t_a < result.scenario.simulation.horizon).all() and (t_bd <= result.t_end).all()
     np.testing.assert_array_equal(jobs["latency"], t_r - t_a)
     np.testing.assert_array_equal(jobs["sojourn"], t_bd - t_ba)
     assert (jobs["size"] > 0).all()
@@ -155,7 +147,7 @@ def test_causality_with_jitter_and_antagonists():
     data["backends"][1]["antagonist"] = {"schedule": [[50.0, 0.5], [120.0, 1.0]]}
     result = lbsim.simulate(lbsim.Scenario.from_dict(data))
     _check_causality(result)
-    _check_counts(result)
+    check_counts(result)
 
 
 # -- 3. determinism ---------------------------------------------------------------------
@@ -388,7 +380,7 @@ def test_invariants_hold_on_random_small_scenarios(telemetry):
     @given(small_scenarios(telemetry))
     def check(s: lbsim.Scenario):
         result = lbsim.simulate(s)
-        _check_counts(result)
+        check_counts(result)
         _check_causality(result)
         jobs = result.jobs
         assert s.connect[jobs["frontend"], jobs["backend"]].all(), "a job used a forbidden backend"
@@ -423,7 +415,7 @@ def test_every_registered_router_keeps_the_invariants(router):
     """Conservation, causality, connect and determinism hold whatever the router (defaults for its parameters)."""
     s = _scenario(150.0, router=router)
     result = lbsim.simulate(s)
-    _check_counts(result)
+    check_counts(result)
     _check_causality(result)
     jobs = result.jobs
     assert len(jobs) > 500

@@ -212,8 +212,11 @@ class BackendModel:
         return EngineState(self.jobs_at(t) * self.context.mean_size, 0, 0)
 
     @classmethod
-    def fleet_outputs(cls, backends: Sequence[BackendModel], warmup: float) -> FleetOutputs:
-        """What the model adds to a run's outputs, over every backend of this model in it."""
+    def fleet_outputs(
+        cls, backends: Sequence[BackendModel], warmup: float, horizon: float = float("inf")
+    ) -> FleetOutputs:
+        """What the model adds to a run's outputs, over every backend of this model in it; figures
+        measure the jobs that arrived in [``warmup``, ``horizon``) (later ones arrived in the drain)."""
         return FleetOutputs()
 
     # -- provided ---------------------------------------------------------------------

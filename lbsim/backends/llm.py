@@ -190,15 +190,17 @@ class LLMBackend(BackendModel):
             raise ScenarioError("jobs.tokens", f"required: {key} is an llm backend, whose requests are in tokens")
 
     @classmethod
-    def fleet_outputs(cls, backends: Sequence[BackendModel], warmup: float) -> FleetOutputs:
+    def fleet_outputs(
+        cls, backends: Sequence[BackendModel], warmup: float, horizon: float = float("inf")
+    ) -> FleetOutputs:
         """The engines' jobs columns, their steps, and the figures of both modes over the measured jobs.
 
         Columns: rank, t_admit, t_first_token, ttft, tpot, pool_wait and
         preemptions. In a whole system ``ttft`` runs from the request's arrival
         at its frontend to its first token's arrival back there (both network
         hops included); ``pool_wait`` from its arrival at the engine to
-        admission. The figures cover the jobs that arrived after ``warmup``;
-        the step sums, the whole run.
+        admission. The figures cover the jobs that arrived in [``warmup``,
+        ``horizon``); the step sums, the whole run (the drain included).
         """
         import pandas as pd  # (lazy: the CLI starts without pandas)
 
@@ -211,7 +213,7 @@ class LLMBackend(BackendModel):
         frame["ttft"] = frame["t_first_token"] + back - arrival
         figures = engine_figures(
             merge_sums([b.engine.log.sums for b in engines]),
-            frame[arrival >= warmup],
+            frame[(arrival >= warmup) & (arrival < horizon)],
             sum(b.engine.preemptions for b in engines),
         )
         steps = pd.concat([b.engine.log.frame().assign(backend=np.int32(b.index)) for b in engines], ignore_index=True)

@@ -8,6 +8,7 @@ millions of jobs stays small, and the table is read back with numpy at the end.
 from __future__ import annotations
 
 import io
+import math
 import struct
 from array import array
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class JobRecords:
         # Bound once: add() runs once per job.
         self._write = self._buffer.write
         self._pack = self._row.pack
+        self._scanned = self._early = 0  # rows read by served_before, and how many of those were early
 
     def __len__(self) -> int:
         return self._buffer.tell() // self._row.size
@@ -49,11 +51,21 @@ class JobRecords:
         self._write(self._pack(job.job_id, job.frontend, job.backend, job.size, job.t_arrival,
                                job.t_backend_arrival, t_done, t_done + job.return_delay))  # fmt: skip
 
-    def frame(self, horizon: float) -> pd.DataFrame:
-        """Jobs whose response reached their frontend by ``horizon``, in job_id order."""
+    def served_before(self, job_id: int) -> int:
+        """How many jobs with an id below ``job_id`` have been recorded (reads only the rows added since
+        the last call: ``job_id`` must not change between calls)."""
+        ids = np.frombuffer(self._buffer.getbuffer(), self._row_dtype)["job_id"][self._scanned :]
+        self._scanned += len(ids)
+        self._early += int(np.count_nonzero(ids < job_id))
+        del ids  # releases the buffer
+        return self._early
+
+    def frame(self, until: float, arrived_before: float = math.inf) -> pd.DataFrame:
+        """Jobs that arrived before ``arrived_before`` whose response reached their frontend by ``until``,
+        in job_id order."""
         # A view of the buffer, not a copy; each column below is copied once, already in order.
         table = np.frombuffer(self._buffer.getbuffer(), self._row_dtype)
-        done = np.flatnonzero(table["t_response"] <= horizon)
+        done = np.flatnonzero((table["t_response"] <= until) & (table["t_arrival"] < arrived_before))
         rows = done[np.argsort(table["job_id"][done], kind="stable")]
         data = {name: table[name][rows].astype(dtype, copy=False) for name, dtype in self._dtypes.items()}
         del table  # releases the buffer, so that more rows could be added
@@ -78,24 +90,24 @@ class TokenJobRecords(JobRecords):
 
 @dataclass
 class Measures:
-    """What the summary is computed from: jobs arriving after the warm-up, responses by the horizon."""
+    """What the summary is computed from: the jobs of the table that arrived after the warm-up
+    (with a drain, every one that arrived in the window), and the responses landed by the horizon."""
 
-    latency: np.ndarray  # of measured jobs (arrived at or after warm-up, response landed by the horizon)
+    latency: np.ndarray  # of measured jobs (arrived at or after warm-up, in the jobs table)
     sojourn: np.ndarray
     completed: int  # responses landed by the horizon
-    responding: int  # finished at their backend, response still on the network at the horizon
     work_landed: float  # work of the jobs whose response landed in [warm-up, horizon]
     jobs_landed: int
 
     @classmethod
-    def of_jobs(cls, jobs: pd.DataFrame, recorded: int, warmup: float) -> Measures:
+    def of_jobs(cls, jobs: pd.DataFrame, warmup: float, horizon: float) -> Measures:
         measured = jobs["t_arrival"].to_numpy() >= warmup
-        landed = jobs["t_response"].to_numpy() >= warmup
+        t_response = jobs["t_response"].to_numpy()
+        landed = (t_response >= warmup) & (t_response <= horizon)
         return cls(
             latency=jobs["latency"].to_numpy()[measured],
             sojourn=jobs["sojourn"].to_numpy()[measured],
-            completed=len(jobs),
-            responding=recorded - len(jobs),
+            completed=int((t_response <= horizon).sum()),
             work_landed=float(jobs["size"].to_numpy()[landed].sum()),
             jobs_landed=int(landed.sum()),
         )
@@ -108,30 +120,38 @@ class LatencyRecords:
     of 10 columns: long job-size scaling runs keep their memory for the time series.
     """
 
-    def __init__(self, warmup: float, horizon: float):
-        self.warmup, self.horizon = warmup, horizon
+    def __init__(self, warmup: float, horizon: float, until: float):
+        """Measure the jobs arriving in [``warmup``, ``horizon``) whose response lands by ``until`` (the
+        horizon, or infinity when the run drains); throughput counts responses landed by ``horizon``."""
+        self.warmup, self.horizon, self.until = warmup, horizon, until
         self.latency = array("d")
         self.sojourn = array("d")
-        self.recorded = self.completed = self.jobs_landed = 0
+        self.recorded = self.completed = self.jobs_landed = self.early = 0
         self.work_landed = 0.0
 
     def __len__(self) -> int:
         return self.recorded
 
+    def served_before(self, job_id: int) -> int:
+        """How many jobs that arrived before the horizon (ids below ``job_id``) have been recorded."""
+        return self.early
+
     def add(self, job, t_done: float) -> None:
         t_response = t_done + job.return_delay
         self.recorded += 1
-        if t_response > self.horizon:
+        if t_response <= self.horizon:
+            self.completed += 1
+            if t_response >= self.warmup:
+                self.work_landed += job.size
+                self.jobs_landed += 1
+        elif t_response > self.until or job.t_arrival >= self.horizon:  # (late arrivals: in the drain)
             return
-        self.completed += 1
-        if t_response >= self.warmup:
-            self.work_landed += job.size
-            self.jobs_landed += 1
+        self.early += 1
         if job.t_arrival >= self.warmup:
             self.latency.append(t_response - job.t_arrival)
             self.sojourn.append(t_done - job.t_backend_arrival)
 
-    def frame(self, horizon: float) -> pd.DataFrame:
+    def frame(self, until: float, arrived_before: float = math.inf) -> pd.DataFrame:
         """No job records were kept: an empty table with the usual columns."""
         return pd.DataFrame({name: np.empty(0, _DTYPES[name]) for name in JOB_COLUMNS} | {
             "latency": np.empty(0), "sojourn": np.empty(0)})  # fmt: skip
@@ -141,7 +161,6 @@ class LatencyRecords:
             latency=np.frombuffer(self.latency, dtype=np.float64),
             sojourn=np.frombuffer(self.sojourn, dtype=np.float64),
             completed=self.completed,
-            responding=self.recorded - self.completed,
             work_landed=self.work_landed,
             jobs_landed=self.jobs_landed,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ class Result:
     seed: int
     counts: dict[str, int]
     wall_seconds: float
+    #: "complete", "job_limit" (stopped when the jobs in the system passed simulation.max_jobs_in_system)
+    #: or "drain_limit" (the drain after the horizon stopped with jobs left: see counts["jobs_undrained"])
+    status: str = "complete"
+    #: when the run stopped: the horizon, the job limit's sample, or the end of the drain
+    t_end: float = float("nan")
     measures: Any = field(default=None, repr=False)
     #: per-step statistics of llm backends (steps.parquet), empty without them
     steps: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
@@ -40,19 +46,27 @@ class Result:
     def from_simulation(cls, sim) -> Result:
         from .records import LatencyRecords, Measures
 
-        jobs = sim.records.frame(sim.horizon)
+        drained = sim.drain_limit is not None and sim.status != "job_limit"
+        at = sim.at_stop
+        # with the drain: every job that arrived before the horizon and was served, not the later arrivals
+        jobs = sim.records.frame(math.inf, sim.horizon) if drained else sim.records.frame(sim.t_stop)
         if isinstance(sim.records, LatencyRecords):
             measures = sim.records.measures()
         else:
-            measures = Measures.of_jobs(jobs, len(sim.records), sim.scenario.simulation.warmup)
-        at_backends = sum(b.jobs for b in sim.backends)
+            measures = Measures.of_jobs(jobs, sim.scenario.simulation.warmup, sim.t_stop)
+        responding = at["recorded"] - measures.completed
+        # the jobs table's rows
+        in_table = sim.records.served_before(at["arrived"]) if drained else measures.completed
         counts = {
-            "jobs_arrived": sim.arrived,
+            "jobs_arrived": at["arrived"],
             "jobs_completed": measures.completed,
-            "jobs_to_backends_end": sim.to_backends,
-            "jobs_at_backends_end": at_backends,
-            "jobs_responding_end": measures.responding,
-            "jobs_in_system_end": sim.to_backends + at_backends + measures.responding,
+            "jobs_to_backends_end": at["to_backends"],
+            "jobs_at_backends_end": at["at_backends"],
+            "jobs_responding_end": responding,
+            "jobs_in_system_end": at["to_backends"] + at["at_backends"] + responding,
+            # responses landed after the horizon, in the drain; and jobs left out of the jobs table
+            "jobs_drained": in_table - measures.completed,
+            "jobs_undrained": at["arrived"] - in_table,
         }
         routing = sim.splits.frame() if sim.splits is not None else _empty_routing()
         jobs, steps, figures = _model_outputs(sim, jobs)
@@ -65,6 +79,8 @@ class Result:
             seed=sim.seed,
             counts=counts,
             wall_seconds=sim.wall_seconds,
+            status=sim.status,
+            t_end=sim.t_end,
             measures=measures,
             steps=steps,
             engine_figures=figures,
@@ -117,7 +133,8 @@ class Result:
         sim = self.scenario.simulation
         m = self.measures
         latency = m.latency
-        window = sim.horizon - sim.warmup
+        stopped = self.t_end if self.status == "job_limit" else sim.horizon
+        window = stopped - sim.warmup
         nan = float("nan")
         some = len(latency) > 0
         summary: dict[str, Any] = {
@@ -127,14 +144,16 @@ class Result:
             "job_scale": sim.job_scale,
             "horizon": sim.horizon,
             "warmup": sim.warmup,
+            "status": self.status,
+            "t_end": self.t_end,
             **self.counts,
             "jobs_measured": len(latency),
             "mean_latency": float(latency.mean()) if some else nan,
             **{name: float(np.quantile(latency, q)) if some else nan for name, q in QUANTILES.items()},
             "mean_sojourn": float(m.sojourn.mean()) if some else nan,
             "mean_network": float((latency - m.sojourn).mean()) if some else nan,
-            "throughput": m.work_landed / window,
-            "throughput_jobs": m.jobs_landed / window,
+            "throughput": m.work_landed / window if window > 0 else nan,
+            "throughput_jobs": m.jobs_landed / window if window > 0 else nan,
             "offered_load": float(self.scenario.demand.sum()),
             "wall_seconds": round(self.wall_seconds, 6),
             "jobs_per_second": round(self.counts["jobs_arrived"] / self.wall_seconds, 1)
@@ -166,7 +185,9 @@ def _model_outputs(sim: Any, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
     """What the backend models add: columns joined to the jobs table by job_id, the steps table, figures."""
     steps, figures = [], {}
     for model in dict.fromkeys(type(b) for b in sim.backends):  # each model once, in backend order
-        out = model.fleet_outputs([b for b in sim.backends if type(b) is model], sim.scenario.simulation.warmup)
+        out = model.fleet_outputs(
+            [b for b in sim.backends if type(b) is model], sim.scenario.simulation.warmup, sim.horizon
+        )
         if out.job_columns is not None and len(jobs):
             jobs = jobs.merge(out.job_columns, on="job_id", how="left", sort=False)
             for name, value in out.fill.items():  # the model's columns for jobs other backends served

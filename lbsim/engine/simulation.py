@@ -46,6 +46,8 @@ STREAMS = ("arrivals", "sizes", "router", "network", "antagonist", "backends")
 
 _new = object.__new__
 BATCH = 4096  # random draws are made in numpy batches: one numpy call per job would dominate
+#: the default longest drain, as a fraction of the horizon (a stable system's tail is far shorter)
+DRAIN_LIMIT = 0.25
 
 
 def spawn_streams(seed: int, frontends: int, backends: int) -> dict[str, list[np.random.Generator]]:
@@ -207,8 +209,16 @@ class Simulation:
         if lazy and self.response_events:
             raise ValueError("lazy completions would deliver responses late: this run needs completion events")
         lazy = not self.response_events if lazy is None else lazy
+        #: The drain (docs/model.md section 3.3): after the horizon the run goes on as before, arrivals
+        #: and all, until every job that arrived before the horizon has been served; the later arrivals
+        #: are not measured. Without it the summary drops the jobs still in the system at the horizon.
+        self.drain_limit = (sim.drain_limit or DRAIN_LIMIT * self.horizon) if sim.drain else None
+        #: arrivals and router ticks go on until here; samples stop at the horizon
+        self.arrivals_until = self.horizon + (self.drain_limit or 0.0)
+        self.max_jobs_in_system = sim.max_jobs_in_system
         if not sim.record_jobs:
-            self.records: JobRecords | LatencyRecords = LatencyRecords(sim.warmup, sim.horizon)
+            until = math.inf if sim.drain else sim.horizon
+            self.records: JobRecords | LatencyRecords = LatencyRecords(sim.warmup, sim.horizon, until)
         else:
             self.records = TokenJobRecords() if scenario.jobs.tokens is not None else JobRecords()
         on_done = self._done if self.response_events else self.records.add
@@ -320,7 +330,7 @@ class Simulation:
             stream.refill()
             t = stream.times.pop()
         stream.pending_size = stream.sizes.pop()
-        if t < self.horizon:
+        if t < self.arrivals_until:
             event.callbacks = self._arrive_callbacks
             # env.schedule inlined, at the absolute time t (no now + (t - now) rounding)
             heappush(env._queue, (t, NORMAL, next(env._eid), event))  # type: ignore[misc]
@@ -376,15 +386,17 @@ class Simulation:
         return delay + self.jitter.next() if self.jitter is not None else delay
 
     # -- periodic activities ----------------------------------------------------------
-    def _every(self, interval: float, action: Callable[[float], None], start: float = 0.0, priority=NORMAL) -> None:
-        """Call ``action(t)`` at start, start + interval, ... < horizon (absolute times: no drift)."""
+    def _every(
+        self, interval: float, action: Callable[[float], None], until: float, start: float = 0.0, priority=NORMAL
+    ) -> None:
+        """Call ``action(t)`` at start, start + interval, ... < until (absolute times: no drift)."""
         count = [0]
 
         def fire(event):
             action(self.env._now)
             count[0] += 1
             t_next = start + count[0] * interval
-            if t_next < self.horizon:
+            if t_next < until:
                 event.callbacks = [fire]
                 self.env.schedule(event, priority, t_next - self.env._now)
 
@@ -394,6 +406,8 @@ class Simulation:
         for b in self.backends:
             b.catch_up(t)
         self.samples.add(t, self.backends)
+        if self.max_jobs_in_system is not None and self.in_system() > self.max_jobs_in_system:
+            raise _JobLimit(t)
         if self.splits is not None and (split := self.router.split()) is not None:
             self.splits.add(t, split)
         if self._progress is not None:
@@ -424,6 +438,34 @@ class Simulation:
 
         self.env.schedule(Wakeup(switch), URGENT, rng.exponential(hold))
 
+    def in_system(self) -> int:
+        """Jobs on their way to a backend or at one (backends caught up to now)."""
+        return self.to_backends + sum(b.jobs for b in self.backends)
+
+    def _catch_up(self, t: float) -> None:
+        last = math.nextafter(t, -math.inf)  # as with events: nothing at the end itself
+        for b in self.backends:
+            b.catch_up(last)
+
+    def _drain(self, limit: float) -> None:
+        """Run on after the horizon until every job that arrived before it has been served.
+
+        Everything goes on as in a longer run (arrivals, ticks, antagonists), so each of these jobs
+        finishes exactly when it would have; the clock advances a sample interval at a time, and
+        jobs still unserved at ``limit`` are reported as ``jobs_undrained``.
+        """
+        step = self.scenario.simulation.sample_interval
+        window = self.at_stop["arrived"]
+        k = 0
+        while self.records.served_before(window) < window:
+            if self.t_end >= limit:
+                self.status = "drain_limit"
+                return
+            k += 1
+            self.t_end = min(self.horizon + k * step, limit)  # absolute times: no drift
+            self.env.run_until(self.t_end)
+            self._catch_up(self.t_end)
+
     # -- running ------------------------------------------------------------------------
     def run(self, progress: bool = False):
         from .result import Result
@@ -436,30 +478,50 @@ class Simulation:
         started = time.perf_counter()
         for stream in self.streams:
             t, stream.pending_size = stream.next()
-            if t < self.horizon:
+            if t < self.arrivals_until:
                 self.env.schedule(Wakeup(self._arrive, stream), NORMAL, t)
         self._start_antagonists()
-        self._every(self.scenario.simulation.sample_interval, self._sample)
+        self._every(self.scenario.simulation.sample_interval, self._sample, self.horizon)
         if self.router.tick_interval:
             interval = self.router.tick_interval
-            self._every(interval, lambda t: self.router.tick(t, self.view), start=interval)
+            self._every(interval, lambda t: self.router.tick(t, self.view), self.arrivals_until, start=interval)
         # A run allocates millions of short-lived objects but no reference cycles
         # (jobs, events and heap entries are freed by reference counting), so the
         # cyclic collector would only rescan the live ones over and over.
         collecting = gc.isenabled()
         gc.disable()
+        #: the run's end: the horizon, where the job limit stopped it, or after the drain
+        self.status, self.t_stop, self.t_end = "complete", self.horizon, self.horizon
         try:
-            self.env.run_until(self.horizon)
+            try:
+                self.env.run_until(self.horizon)
+            except _JobLimit as stop:  # (its sample has caught the backends up)
+                self.status, self.t_stop, self.t_end = "job_limit", stop.t, stop.t
+            else:
+                self._catch_up(self.horizon)
+            #: where the jobs were when the clock reached the horizon (or the job limit stopped it)
+            self.at_stop = {
+                "arrived": self.arrived,
+                "to_backends": self.to_backends,
+                "at_backends": sum(b.jobs for b in self.backends),
+                "recorded": len(self.records),
+            }
+            if self.drain_limit is not None and self.status == "complete":
+                self._drain(self.horizon + self.drain_limit)
         finally:
             if collecting:
                 gc.enable()
-        last = math.nextafter(self.horizon, -math.inf)  # as with events: nothing at the horizon itself
-        for b in self.backends:
-            b.catch_up(last)
         self.wall_seconds = time.perf_counter() - started
         if self._progress is not None:
             self._progress.close()
         return Result.from_simulation(self)
+
+
+class _JobLimit(Exception):
+    """Raised from a sample when the jobs in the system exceed ``simulation.max_jobs_in_system``."""
+
+    def __init__(self, t: float):
+        self.t = t
 
 
 class _Buffered:
