@@ -90,12 +90,19 @@ def _print_summary(summary: dict) -> None:
         ("router", summary["router"]),
         ("seed", summary["seed"]),
         ("jobs arrived / completed", f"{summary['jobs_arrived']} / {summary['jobs_completed']}"),
-        ("in system at end", summary["jobs_in_system_end"]),
+        (
+            "in system at the horizon" if summary["status"] != "job_limit" else "in system at the stop",
+            f"{summary['jobs_in_system_end']} ({summary['jobs_drained']} served in the drain)",
+        ),
         ("mean latency (s)", f"{summary['mean_latency']:.6g}"),
         ("p50 / p90 / p99 / p99.9 (s)", " / ".join(f"{summary[k]:.4g}" for k in ("p50", "p90", "p99", "p999"))),
         ("throughput (work/s)", f"{summary['throughput']:.6g} of {summary['offered_load']:.6g} offered"),
         ("wall time (s)", f"{summary['wall_seconds']:.3f} ({summary['jobs_per_second']:.0f} jobs/s)"),
     ]
+    if summary["status"] != "complete":  # a limit ended the run: say what the figures leave out
+        why = {"job_limit": "jobs in the system passed simulation.max_jobs_in_system",
+               "drain_limit": f"{summary['jobs_undrained']} jobs unserved at simulation.drain_limit"}  # fmt: skip
+        rows.insert(0, ("status", f"{summary['status']} at t = {summary['t_end']:.6g} ({why[summary['status']]})"))
     if "ttft_p99" in summary:  # llm backends
         rows[-1:-1] = _engine_rows(summary)
     _print_rows(rows)
