@@ -20,6 +20,8 @@ class JSQ(Router):
     name = "jsq"
 
     def route(self, frontend: int, job: Job, view: View) -> int:
+        if view.vectorised:  # large fleets: one array, kept up to date by the view
+            return self.pick_least(frontend, view.jobs_array(frontend))
         candidates = self.neighbours[frontend]
         return self.pick_min(candidates, view.jobs_of(frontend, candidates))
 

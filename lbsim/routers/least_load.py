@@ -19,6 +19,9 @@ class LeastLoad(Router):
     name = "least_load"
 
     def route(self, frontend: int, job: Job, view: View) -> int:
+        if view.vectorised:
+            # x_hat = n_hat * sbar with sbar > 0 orders and ties the backends as n_hat does
+            return self.pick_least(frontend, view.jobs_array(frontend))
         candidates = self.neighbours[frontend]
         return self.pick_min(candidates, view.loads_of(frontend, candidates))
 
