@@ -182,8 +182,6 @@ class Simulation:
         self.view = make_view(
             scenario.network.telemetry, [], latency, self.mean_size, env, scenario.network.period, scenario.connect
         )
-        #: tells a view that keeps arrays a backend changed outside its own events (None: no view needs it)
-        self._touch = self.view.touch if self.view.vectorised else None
 
         router_name = router or scenario.router.name
         params = dict(scenario.router.params) if router_name == scenario.router.name else {}
@@ -202,6 +200,10 @@ class Simulation:
             scenario=scenario,
         )
         self.router: Router = make_router(router_name, params, ctx)
+        if not self.router.scans_backends:
+            self.view.vectorised = False  # its arrays would be kept for no one
+        #: tells a view that keeps arrays a backend changed outside its own events (None: no view needs it)
+        self._touch = self.view.touch if self.view.vectorised else None
         self.route = self.router.route
         # Responses are events only when someone listens for them; then
         # backends must also complete jobs on time (eager), not on demand.

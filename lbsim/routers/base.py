@@ -88,6 +88,8 @@ class Router:
     Params: ClassVar[type[BaseModel]] = NoParams
     #: whether the router reads the rate functions ``ctx.rates`` (then every backend must have one)
     uses_rates: ClassVar[bool] = False
+    #: whether :meth:`route` reads every usable backend per job (then large fleets keep the view's arrays)
+    scans_backends: ClassVar[bool] = False
     #: seconds between calls of :meth:`tick`, or None for routers without one
     tick_interval: float | None = None
     #: a factory ``(backend_index) -> observer`` attached to every backend, for routers

@@ -73,6 +73,7 @@ class GMSR(Router):
     """
 
     name = "gmsr"
+    scans_backends = True
     uses_rates = True
     Params = GMSRParams
     params: GMSRParams

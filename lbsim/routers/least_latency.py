@@ -36,6 +36,7 @@ class LeastLatency(Router):
     """
 
     name = "least_latency"
+    scans_backends = True
     uses_rates = True
 
     def __init__(self, params, ctx):

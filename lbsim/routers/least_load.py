@@ -17,6 +17,7 @@ class LeastLoad(Router):
     """Send each job to the usable backend with the least observed load xhat_ij (ties random)."""
 
     name = "least_load"
+    scans_backends = True
 
     def route(self, frontend: int, job: Job, view: View) -> int:
         if view.vectorised:
