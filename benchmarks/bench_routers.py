@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine import wide_scenario  # noqa: E402
+from bench_engine import wide_scenario
 
-import lbsim  # noqa: E402
-from lbsim.engine import Simulation  # noqa: E402
-from lbsim.routers import ROUTERS  # noqa: E402
+import lbsim
+from lbsim.engine import Simulation
+from lbsim.routers import ROUTERS
 
 
 def cpu_per_job(scenario: lbsim.Scenario, router: str) -> float:
@@ -77,8 +77,10 @@ def scale(jobs: int, rounds: int) -> None:
     ratios = [big / small for small, big in zip(costs[16], costs[1024])]
     print(f"\npower_of_d (d=2), delayed telemetry, {jobs:,} jobs, 75% load per backend, {rounds} interleaved rounds")
     for b, values in costs.items():
-        print(f"  {b:>5} backends  median {statistics.median(values):6.2f} us/job  ({', '.join(f'{v:.2f}' for v in values)})")
-    print(f"  1024 / 16 per round: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios) - 1:+.0%}")
+        rounds_text = ", ".join(f"{v:.2f}" for v in values)
+        print(f"  {b:>5} backends  median {statistics.median(values):6.2f} us/job  ({rounds_text})")
+    per_round = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"  1024 / 16 per round: {per_round}; median {statistics.median(ratios) - 1:+.0%}")
 
 
 def main() -> None:

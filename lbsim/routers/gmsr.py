@@ -92,7 +92,8 @@ class GMSR(Router):
         self._key_lists = [k.values for k in self._keys]
         self._key_matrix = TableMatrix(self._keys)
         self._offset_arrays = [
-            np.zeros(ctx.num_backends) if o is None else np.array(2.0 * ctx.delay[i]) for i, o in enumerate(self._offsets)
+            np.zeros(ctx.num_backends) if o is None else np.array(2.0 * ctx.delay[i])
+            for i, o in enumerate(self._offsets)
         ]
 
     def route(self, frontend: int, job: Job, view: View) -> int:
