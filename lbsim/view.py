@@ -18,10 +18,18 @@ if TYPE_CHECKING:
 
 
 class View:
-    """Backend state as frontend i may see it. Subclasses define :meth:`jobs`."""
+    """Backend state as frontend i may see it. Subclasses define :meth:`jobs`.
+
+    Routers that scan every usable backend read :meth:`jobs_array` when
+    :attr:`vectorised` is set: one array of every backend's observed count,
+    which the engine's views keep up to date where it changes (a cost per job
+    that follows the changes, not the number of backends).
+    """
 
     #: how far back backends must keep their history for this view (None: no history)
     history_window: float | None = None
+    #: whether :meth:`jobs_array` is kept incrementally (worth reading instead of :meth:`jobs_of`)
+    vectorised: bool = False
 
     def __init__(self, backends, latency: np.ndarray, mean_size: float, env):
         self.backends = backends
@@ -36,6 +44,17 @@ class View:
     def jobs_of(self, frontend: int, backends: Sequence[int]) -> list[int]:
         jobs = self.jobs
         return [jobs(frontend, j) for j in backends]
+
+    def jobs_array(self, frontend: int) -> np.ndarray:
+        """n_hat_i: every backend's job count as ``frontend`` sees it now, shape (B,), integers.
+
+        Entries of backends ``frontend`` may not use are unspecified. The array
+        may be the view's own: read it before the next call, never write it.
+        """
+        return np.array(self.jobs_of(frontend, range(len(self.backends))), dtype=np.int64)
+
+    def touch(self, backend: int) -> None:
+        """The engine changed ``backend`` from outside its own events (an arrival, an antagonist), now."""
 
     def load(self, frontend: int, backend: int) -> float:
         """x_hat_ij = n_hat_ij * sbar."""

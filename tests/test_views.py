@@ -232,3 +232,53 @@ def test_make_view_picks_the_mode_and_the_history_it_needs() -> None:
     assert made["instant"].history_window is None and made["none"].history_window is None
     # No delay anywhere: delayed is instant, and keeps no history.
     assert type(make_view("delayed", backends, np.zeros((2, 3)), MEAN_SIZE, env, PERIOD)) is InstantView
+
+
+def build_vectorised(mode: str) -> tuple[View, list[ScriptedBackend], SimpleNamespace]:
+    """The view of ``mode`` with its arrays kept (as the engine builds it from 48 backends), on fresh backends."""
+    backends = [ScriptedBackend(stays) for stays in STAYS]
+    env = SimpleNamespace(_now=0.0)
+    if mode == "delayed":
+        view: View = DelayedView(backends, LATENCY, MEAN_SIZE, env, vectorised=True)
+    elif mode == "instant":
+        view = InstantView(backends, LATENCY, MEAN_SIZE, env, vectorised=True)
+    elif mode == "periodic":
+        view = PeriodicView(backends, LATENCY, MEAN_SIZE, env, PERIOD)
+    else:
+        view = LocalView(backends, LATENCY, MEAN_SIZE, env)
+    return view, backends, env
+
+
+@pytest.mark.parametrize("mode", ["delayed", "periodic", "instant", "none"])
+def test_jobs_array_is_jobs_at_random_instants(mode: str) -> None:
+    """The bulk read (arrays kept up to date where they change) shows exactly what ``jobs(i, j)`` shows.
+
+    At a few hundred random instants, plus every change of the script shifted
+    by each delay (where a stale entry would first show), with the frontends
+    reading in random order and sometimes not at all: an array entry kept past
+    the moment its backend's change became visible would differ.
+    """
+    rng = np.random.default_rng(5)
+    view, backends, env = build_vectorised(mode)
+    reference, _, reference_env = build_vectorised(mode)
+    if mode == "none":  # no telemetry: both views count the same requests (the engine's counts)
+        for i, j, _, _ in REQUESTS:
+            view.outstanding[i][j] += 1  # type: ignore[attr-defined]
+            reference.outstanding[i][j] += 1  # type: ignore[attr-defined]
+    changes = {t for stays in STAYS for stay in stays for t in stay}
+    edges = {t + d for t in changes for d in LATENCY.ravel()} | {t + d for t in changes for d in LATENCY.ravel() - 1e-12}
+    instants = sorted(set(rng.uniform(0.0, 8.0, 300).tolist()) | edges | set(TIMES))
+    for now in instants:
+        env._now = reference_env._now = now
+        for i in rng.permutation(len(LATENCY)).tolist():
+            if rng.random() < 0.3:
+                continue  # a frontend that does not route now: its entries must still be right later
+            for b in backends:
+                b.asked.clear()
+            seen = view.jobs_array(i).tolist()
+            assert seen == [reference.jobs(i, j) for j in range(B)], f"{mode}: frontend {i} at t={now}"
+            if mode != "none":
+                assert seen == [expected_jobs(mode, i, j, now) for j in range(B)], f"{mode}: frontend {i} at t={now}"
+                for j, b in enumerate(backends):
+                    allowed = allowed_time(mode, i, j, now)
+                    assert all(t <= (-math.inf if allowed is None else allowed) for t in b.asked), (mode, i, j, now)

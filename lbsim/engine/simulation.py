@@ -181,7 +181,9 @@ class Simulation:
         latency = scenario.latency
         self.delay = latency.tolist()
         self.connect = scenario.connect.tolist()
-        self.view = make_view(scenario.network.telemetry, [], latency, self.mean_size, env, scenario.network.period)
+        self.view = make_view(
+            scenario.network.telemetry, [], latency, self.mean_size, env, scenario.network.period, scenario.connect
+        )
 
         router_name = router or scenario.router.name
         params = dict(scenario.router.params) if router_name == scenario.router.name else {}
@@ -200,6 +202,10 @@ class Simulation:
             scenario=scenario,
         )
         self.router: Router = make_router(router_name, params, ctx)
+        if not self.router.scans_backends:
+            self.view.vectorised = False  # its arrays would be kept for no one
+        #: tells a view that keeps arrays a backend changed outside its own events (None: no view needs it)
+        self._touch = self.view.touch if self.view.vectorised else None
         self.route = self.router.route
         # Responses are events only when someone listens for them; then
         # backends must also complete jobs on time (eager), not on demand.
@@ -323,6 +329,8 @@ class Simulation:
             env.schedule(Wakeup(self._reach_backend, job), NORMAL, delay)
         else:
             self.backends[j].arrive(job)
+            if self._touch is not None:
+                self._touch(j)
         # The next arrival reuses this event: one is pending per frontend at a time.
         try:
             t = stream.times.pop()
@@ -349,6 +357,8 @@ class Simulation:
         self.to_backends -= 1
         job = event.payload
         self.backends[job.backend].arrive(job)
+        if self._touch is not None:
+            self._touch(job.backend)
 
     def _done(self, job: Job, now: float) -> None:
         """A backend finished a job and someone listens for its response."""
@@ -420,19 +430,24 @@ class Simulation:
                 continue
             if ant.schedule is not None:
                 for t, m in ant.schedule:
-                    self.env.schedule(Wakeup(lambda _e, b=backend, m=m: b.set_multiplier(m)), URGENT, t)
+                    self.env.schedule(Wakeup(lambda _e, b=backend, m=m: self._set_multiplier(b, m)), URGENT, t)
             elif ant.levels is not None and ant.hold is not None:  # (the table requires both)
                 self._switching(backend, ant.levels, ant.hold, rng)
+
+    def _set_multiplier(self, backend: BackendModel, multiplier: float) -> None:
+        backend.set_multiplier(multiplier)
+        if self._touch is not None:  # its next completion may have come closer
+            self._touch(backend.index)
 
     def _switching(self, backend: BackendModel, levels: list[float], hold: float, rng: np.random.Generator) -> None:
         """A multiplier that jumps between levels after exponential holding times (a CTMC)."""
         state = [int(rng.integers(len(levels)))]
-        backend.set_multiplier(levels[state[0]])
+        self._set_multiplier(backend, levels[state[0]])
 
         def switch(event):
             other = int(rng.integers(len(levels) - 1))
             state[0] = other + (other >= state[0])
-            backend.set_multiplier(levels[state[0]])
+            self._set_multiplier(backend, levels[state[0]])
             event.callbacks = [switch]
             self.env.schedule(event, URGENT, rng.exponential(hold))
 

@@ -88,6 +88,8 @@ class Router:
     Params: ClassVar[type[BaseModel]] = NoParams
     #: whether the router reads the rate functions ``ctx.rates`` (then every backend must have one)
     uses_rates: ClassVar[bool] = False
+    #: whether :meth:`route` reads every usable backend per job (then large fleets keep the view's arrays)
+    scans_backends: ClassVar[bool] = False
     #: seconds between calls of :meth:`tick`, or None for routers without one
     tick_interval: float | None = None
     #: a factory ``(backend_index) -> observer`` attached to every backend, for routers
@@ -102,6 +104,10 @@ class Router:
         self.params = params
         self.ctx = ctx
         self.neighbours = [[int(j) for j in row] for row in ctx.neighbours]
+        # For pick_least: each frontend's neighbours as an index array, None where it may use every backend.
+        self._neighbour_index = [
+            None if len(nb) == ctx.num_backends else np.array(nb, dtype=np.intp) for nb in self.neighbours
+        ]
         self._uniforms: list[float] = []
 
     # -- what a router implements -------------------------------------------------
@@ -155,6 +161,22 @@ class Router:
         best = min(values)
         ties = [c for c, v in zip(candidates, values) if v == best]
         return ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
+
+    def pick_least(self, frontend: int, values: np.ndarray) -> int:
+        """:meth:`pick_min` over ``frontend``'s neighbours of ``values``, an array over every backend.
+
+        The same answer and the same draw as ``pick_min(neighbours, values[neighbours])``:
+        the ties in index order, a uniform drawn only when there are several.
+        """
+        index = self._neighbour_index[frontend]
+        if index is not None:
+            values = values[index]
+        k = int(values.argmin())  # (argmin is a quarter of min's numpy overhead)
+        ties = (values == values[k]).nonzero()[0]
+        candidates = self.neighbours[frontend]
+        if len(ties) == 1:
+            return candidates[k]
+        return candidates[int(ties[int(self.uniform() * len(ties))])]
 
     @classmethod
     def describe(cls) -> str:

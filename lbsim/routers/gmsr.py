@@ -23,6 +23,7 @@ from .base import Router, register
 from .fluid_base import FluidContext, TieRouter, fluid_twin
 from .tables import (
     COST_CAP,
+    TableMatrix,
     discrete_marginal_rate_table,
     marginal_cost,
     marginal_cost_table,
@@ -72,6 +73,7 @@ class GMSR(Router):
     """
 
     name = "gmsr"
+    scans_backends = True
     uses_rates = True
     Params = GMSRParams
     params: GMSRParams
@@ -88,8 +90,18 @@ class GMSR(Router):
             self._keys = [make(r, sbar, sign=-1.0) for r in ctx.rates]
             self._offsets = [None] * ctx.num_frontends
         self._key_lists = [k.values for k in self._keys]
+        self._key_matrix = TableMatrix(self._keys)
+        self._offset_arrays = [
+            np.zeros(ctx.num_backends) if o is None else np.array(2.0 * ctx.delay[i])
+            for i, o in enumerate(self._offsets)
+        ]
 
     def route(self, frontend: int, job: Job, view: View) -> int:
+        if view.vectorised:  # large fleets: the keys of every backend in one numpy call
+            values = self._key_matrix(view.jobs_array(frontend))
+            if self._offsets[frontend] is not None:
+                values = values + self._offset_arrays[frontend]
+            return self.pick_least(frontend, values)
         candidates = self.neighbours[frontend]
         counts = view.jobs_of(frontend, candidates)
         lists = self._key_lists

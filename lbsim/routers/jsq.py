@@ -18,8 +18,11 @@ class JSQ(Router):
     """Join the shortest queue: the usable backend with the fewest observed jobs (n_hat_ij)."""
 
     name = "jsq"
+    scans_backends = True
 
     def route(self, frontend: int, job: Job, view: View) -> int:
+        if view.vectorised:  # large fleets: one array, kept up to date by the view
+            return self.pick_least(frontend, view.jobs_array(frontend))
         candidates = self.neighbours[frontend]
         return self.pick_min(candidates, view.jobs_of(frontend, candidates))
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .base import Router, register
 from .fluid_base import TieRouter, fluid_twin
-from .tables import MarginalTable
+from .tables import MarginalTable, TableMatrix
 
 if TYPE_CHECKING:
     from ..jobs import Job
@@ -36,6 +36,7 @@ class LeastLatency(Router):
     """
 
     name = "least_latency"
+    scans_backends = True
     uses_rates = True
 
     def __init__(self, params, ctx):
@@ -53,8 +54,13 @@ class LeastLatency(Router):
         self._sojourn = [expected_sojourn(r) for r in ctx.rates]
         self._sojourn_lists = [t.values for t in self._sojourn]
         self._round_trip = [[2.0 * float(ctx.delay[i, j]) for j in nb] for i, nb in enumerate(self.neighbours)]
+        self._sojourn_matrix = TableMatrix(self._sojourn)
+        self._round_trip_arrays = 2.0 * np.asarray(ctx.delay, dtype=float)
 
     def route(self, frontend: int, job: Job, view: View) -> int:
+        if view.vectorised:  # large fleets: every backend's expected sojourn in one numpy call
+            sojourn = self._sojourn_matrix(view.jobs_array(frontend))
+            return self.pick_least(frontend, sojourn + self._round_trip_arrays[frontend])
         candidates = self.neighbours[frontend]
         counts = view.jobs_of(frontend, candidates)
         lists = self._sojourn_lists

@@ -76,3 +76,29 @@ def marginal_cost(derivative: npt.ArrayLike, cap: float) -> np.ndarray:
 def marginal_cost_table(rate: RateFamily, mean_size: float, cap: float) -> MarginalTable:
     """``min(1/mu'(n sbar), cap)`` by job count."""
     return MarginalTable(lambda x: marginal_cost(rate.derivative(x), cap), mean_size)
+
+
+class TableMatrix:
+    """Every backend's :class:`MarginalTable` side by side: ``f_j(n_j * sbar)`` for a whole fleet in one numpy call.
+
+    For routers that read every backend from :meth:`~lbsim.view.View.jobs_array`;
+    the values are the tables' own (the same floats the per-backend lists give).
+    """
+
+    __slots__ = ("matrix", "rows", "tables")
+
+    def __init__(self, tables: list[MarginalTable]):
+        self.tables = tables
+        self.rows = np.arange(len(tables))
+        self.matrix = np.empty((len(tables), 0))
+
+    def __call__(self, counts: np.ndarray) -> np.ndarray:
+        try:
+            return self.matrix[self.rows, counts]
+        except IndexError:  # a load never seen before: grow every table to it
+            top = int(counts.max())
+            for table in self.tables:
+                table[top]
+            width = min(len(table.values) for table in self.tables)
+            self.matrix = np.array([table.values[:width] for table in self.tables])
+            return self.matrix[self.rows, counts]
