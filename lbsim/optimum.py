@@ -171,15 +171,19 @@ def optimum(scenario: Any, overload: bool = False, **options: Any) -> Optimum | 
     bl = getattr(scenario, "backend_label", None)
     # (a Scenario names a backend without mu; any object with ``service_rates`` will do)
     rates = scenario.rate_functions("the optimum") if hasattr(scenario, "rate_functions") else scenario.service_rates
-    labels = {
-        "frontend_labels": [fl(i) for i in range(F)] if callable(fl) else None,
-        "backend_labels": [bl(j) for j in range(B)] if callable(bl) else None,
-    }
+    flabels = [fl(i) for i in range(F)] if callable(fl) else None
+    blabels = [bl(j) for j in range(B)] if callable(bl) else None
     if overload:
         sup = getattr(scenario, "supremum", None)
         capacity = np.array([sup(j) for j in range(B)], dtype=float) if callable(sup) else None
-        return solve_overload(rates, scenario.demand, scenario.connect, capacity, **labels, **options)
-    return solve(rates, scenario.demand, scenario.delay, scenario.connect, **labels, **options)
+        return solve_overload(
+            rates, scenario.demand, scenario.connect, capacity,
+            frontend_labels=flabels, backend_labels=blabels, **options,
+        )  # fmt: skip
+    return solve(
+        rates, scenario.demand, scenario.delay, scenario.connect,
+        frontend_labels=flabels, backend_labels=blabels, **options,
+    )  # fmt: skip
 
 
 def solve(
@@ -298,12 +302,12 @@ def solve_overload(
     neck = bottleneck(demand, cap, connect)
     stable = neck.stable
     routing = np.zeros((F, B))
-    load = np.full(B, np.nan)
+    load, marginal, beta = np.full(B, np.nan), np.full(B, np.nan), np.full(B, np.nan)
     # The stable sub-problem: strictly feasible, so the optimum's solver applies as it is.
     rows, cols = np.flatnonzero(~neck.cut_frontends), np.flatnonzero(stable)
     if rows.size and demand[rows].sum() > 0:
         sub = solve(
-            [rates[j] for j in cols],
+            [rates[int(j)] for j in cols],
             demand[rows],
             np.zeros((rows.size, cols.size)),
             connect[np.ix_(rows, cols)],
@@ -312,12 +316,14 @@ def solve_overload(
             backend_labels=[blabel[j] for j in cols],
         )
         routing[np.ix_(rows, cols)] = sub.routing
-        load[cols] = sub.load
+        load[cols], marginal[cols], beta[cols] = sub.load, sub.marginal_cost, sub.capacity_price
     else:
         if rows.size:  # frontends without demand: any split of nothing
             reach = connect[np.ix_(rows, cols)]
             routing[np.ix_(rows, cols)] = reach / reach.sum(axis=1, keepdims=True)
-        load[cols] = [float(rates[j].inverse(0.0)) for j in cols]
+        load[cols] = [float(rates[int(j)].inverse(0.0)) for j in cols]
+        marginal[cols] = _Backends([rates[int(j)] for j in cols]).marginal(np.zeros(cols.size))
+        beta[cols] = 0.0
     # The cut's source side fills the unstable backends and sends them its excess.
     rows, cols = np.flatnonzero(neck.cut_frontends), np.flatnonzero(~stable)
     if rows.size:
@@ -336,6 +342,8 @@ def solve_overload(
         served=served,
         load=load,
         total_load=float(load[stable].sum()),
+        marginal_cost=marginal,
+        capacity_price=beta,
     )
 
 

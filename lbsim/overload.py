@@ -89,9 +89,8 @@ def bottleneck(demand: np.ndarray, capacity: np.ndarray, connect: np.ndarray) ->
     cols = np.concatenate([np.arange(E), np.flatnonzero(on_bounded)])
     a_ub = scipy.sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(F + bounded.size, E)).tocsr()
     b_ub = np.concatenate([demand, capacity[bounded]]) / scale  # (normalised: HiGHS's tolerances are absolute)
-    lp = scipy.optimize.linprog(
-        -np.ones(E), A_ub=a_ub, b_ub=b_ub, bounds=(0, None), method="highs"  # type: ignore[call-overload]
-    )
+    # (scipy-stubs type A_ub as a dense array only; HiGHS takes the sparse matrix as documented)
+    lp = scipy.optimize.linprog(-np.ones(E), A_ub=a_ub, b_ub=b_ub, method="highs")  # type: ignore[call-overload]
     if lp.status != 0:
         raise RuntimeError(f"maximum-flow LP failed: {lp.message}")
     flow = np.zeros((F, B))
@@ -102,7 +101,9 @@ def bottleneck(demand: np.ndarray, capacity: np.ndarray, connect: np.ndarray) ->
     return Bottleneck(flow, throughput, stable, cut)
 
 
-def _reach_sink(flow: np.ndarray, capacity: np.ndarray, connect: np.ndarray, zero: float):
+def _reach_sink(
+    flow: np.ndarray, capacity: np.ndarray, connect: np.ndarray, zero: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Backends and frontends with a path to the sink in the residual graph of ``flow``.
 
     A backend with slack reaches the sink directly; a frontend reaches every
@@ -111,7 +112,7 @@ def _reach_sink(flow: np.ndarray, capacity: np.ndarray, connect: np.ndarray, zer
     the sink (the flow is maximum), so paths through it do not count.
     """
     slack = np.where(np.isfinite(capacity), capacity - flow.sum(axis=0), math.inf)
-    backends = slack > zero
+    backends: np.ndarray = np.asarray(slack > zero)
     sends = flow > zero
     while True:
         frontends = (connect & backends[None, :]).any(axis=1)
@@ -134,6 +135,9 @@ class Overload:
     a maximum-throughput routing with that many stable backends allows; the
     ``unstable_backends`` get at least their capacity, and their load (NaN)
     grows without bound. ``overloaded`` is whether any backend is unstable.
+    ``marginal_cost[j] = 1/mu_j'(load[j])`` and ``capacity_price[j]`` are the
+    stable part's prices, as in :class:`~lbsim.optimum.Optimum` (NaN for the
+    unstable backends).
     """
 
     overloaded: bool
@@ -146,6 +150,8 @@ class Overload:
     served: np.ndarray
     load: np.ndarray
     total_load: float
+    marginal_cost: np.ndarray
+    capacity_price: np.ndarray
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly: arrays as lists, the unstable backends' loads as ``None``."""
@@ -158,9 +164,15 @@ class Overload:
             "routing": self.routing.tolist(),
             "flow": self.flow.tolist(),
             "served": self.served.tolist(),
-            "load": [float(x) if math.isfinite(x) else None for x in self.load.tolist()],
+            "load": _finite(self.load),
             "total_load": float(self.total_load),
+            "marginal_cost": _finite(self.marginal_cost),
+            "capacity_price": _finite(self.capacity_price),
         }
+
+
+def _finite(values: np.ndarray) -> list[float | None]:
+    return [float(x) if math.isfinite(x) else None for x in values.tolist()]
 
 
 def saturating_routing(flow: np.ndarray, demand: np.ndarray, capacity: np.ndarray, connect: np.ndarray) -> np.ndarray:
