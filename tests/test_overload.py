@@ -22,6 +22,7 @@ import lbsim
 from lbsim.backends import BACKENDS
 from lbsim.engine import Simulation
 from lbsim.errors import ScenarioError
+from lbsim.experiments.comparisons import compare, queue_growth
 from lbsim.optimum import solve_overload
 from lbsim.rates import make_rate
 
@@ -256,3 +257,39 @@ def test_optimum_overload_reads_the_scenario_and_the_cli_prints_it():
     data = json.loads(json.dumps(best.to_dict()))
     assert {"overloaded", "throughput", "stable_backends", "unstable_backends", "routing", "load"} <= set(data)
     assert data["load"][0] is None and data["load"][1] == pytest.approx(1.0 * 0.5 / 1.5)
+
+
+# -- overload in compare ------------------------------------------------------------------
+def _series(t: np.ndarray, jobs: np.ndarray):
+    import pandas as pd
+
+    return pd.DataFrame({"t": t, "backend": 0, "jobs": jobs})
+
+
+def test_queue_growth_flags_linear_growth_and_not_noise():
+    """A queue growing by 0.5 job/s under noise is unbounded; stationary noise and a slow drift are not."""
+    rng = np.random.default_rng(4)
+    t = np.arange(0.0, 2000.0)
+    noise = rng.normal(0, 20, t.size)
+    assert queue_growth(_series(t, 50 + 0.5 * t + noise), 200.0, 2000.0)[2]
+    assert not queue_growth(_series(t, 50 + noise), 200.0, 2000.0)[2]
+    # Significant but negligible against the level: 1 job over the late window on top of 1000.
+    slope, t_stat, unbounded = queue_growth(_series(t, 1000 + t / 900 + rng.normal(0, 0.01, t.size)), 200.0, 2000.0)
+    assert t_stat > 4.5 and not unbounded
+
+
+def test_compare_reports_served_and_marks_unbounded_queues():
+    """Demand 3 on two backends of capacity 2: ``nearest`` sends it all to one (unbounded, served ~2),
+    ``jsq`` shares it (bounded, served ~3 = the demand)."""
+    s = scenario(
+        [backend("saturating", c=2.0, k=0.5)] * 2, [3.0], horizon=600.0, warmup=100.0,
+        network={"delay": [[0.01, 0.05]]},
+    )  # fmt: skip
+    result = compare(s, ["jsq", "nearest"], seeds=2, progress=False)
+    table = result.table.set_index("router")
+    assert table.loc["nearest", "unbounded"] == 2 and table.loc["jsq", "unbounded"] == 0
+    assert 1.9 < table.loc["nearest", "served"] < 2.0
+    assert table.loc["jsq", "served"] == pytest.approx(3.0, rel=0.05)
+    assert {"served", "queue_growth", "unbounded"} <= set(result.runs.columns)
+    text = str(result)
+    assert "served (work/s)" in text and "2/2" in text and "unbounded:" in text
