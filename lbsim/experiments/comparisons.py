@@ -45,45 +45,54 @@ GROWTH_RELATIVE = 0.1
 
 
 def queue_growth(timeseries: pd.DataFrame, t0: float, t1: float) -> tuple[float, float, bool]:
-    """The growth of the jobs at the backends over the late window: slope (jobs/s), its t statistic, unbounded?
+    """The growth of the jobs at the backends: late-window slope (jobs/s), its t statistic, and unbounded or not.
 
-    The late window is the second half of ``[t0, t1)`` (the measured window).
     The total number of jobs at the backends is averaged over
-    ``GROWTH_BATCHES`` equal batches of it and a least-squares line is fitted
-    to the batch means; batches much longer than the system's relaxation time
-    are nearly independent, so ``slope / se`` is about Student's t with
-    ``GROWTH_BATCHES - 2`` degrees of freedom under a stationary system
-    (batch means: Law and Kelton, Simulation Modeling and Analysis, 3rd ed.,
-    section 9.5.3). *Unbounded* is a significant positive slope
-    (``t > GROWTH_T``, about 1e-3 by chance) whose growth over the late window
-    is also at least ``GROWTH_RELATIVE`` of the mean number there: an
-    overloaded backend's queue grows linearly (``(Lambda_j - cap_j) / sbar``
-    jobs per second), a stable one's drifts by noise only. A heuristic: a
-    system close to critical load relaxes too slowly for its batches to be
-    independent and may be flagged.
+    ``GROWTH_BATCHES`` equal batches of a window and a least-squares line is
+    fitted to the batch means; batches much longer than the system's
+    relaxation time are nearly independent, so ``slope / se`` is about
+    Student's t with ``GROWTH_BATCHES - 2`` degrees of freedom under a
+    stationary system (batch means: Law and Kelton, Simulation Modeling and
+    Analysis, 3rd ed., section 9.5.3). The slope returned is that of the late
+    window, the second half of ``[t0, t1)``. *Unbounded* is a significant
+    positive slope (``t > GROWTH_T``) over both the whole window and its late
+    half, whose growth over the late half is also at least
+    ``GROWTH_RELATIVE`` of the mean number there: an overloaded backend's
+    queue grows linearly (``(Lambda_j - cap_j) / sbar`` jobs per second)
+    throughout, a stable one's drifts by noise only. A heuristic: in a run
+    whose batches are not much longer than the relaxation time (short runs,
+    loads close to critical) noise can pass for growth.
     """
     total = timeseries.groupby("t", sort=True)["jobs"].sum()
     t = total.index.to_numpy(dtype=float)
     n = total.to_numpy(dtype=float)
+    whole = _trend(t, n, t0, t1)
     start = t0 + 0.5 * (t1 - t0)
-    edges = np.linspace(start, t1, GROWTH_BATCHES + 1)
+    slope, t_stat, level = _trend(t, n, start, t1)
+    unbounded = (
+        min(whole[1], t_stat) > GROWTH_T and slope * (t1 - start) >= GROWTH_RELATIVE * max(level, 1e-300)
+    )
+    return slope, t_stat, bool(unbounded)
+
+
+def _trend(t: np.ndarray, n: np.ndarray, start: float, end: float) -> tuple[float, float, float]:
+    """Least-squares slope of the batch means of ``n`` over ``[start, end)``, its t statistic, their mean."""
+    edges = np.linspace(start, end, GROWTH_BATCHES + 1)
     which = np.searchsorted(edges, t, side="right") - 1
-    inside = (t >= start) & (t < t1)
+    inside = (t >= start) & (t < end)
     means = np.array([n[inside & (which == b)].mean() if (inside & (which == b)).any() else np.nan
                       for b in range(GROWTH_BATCHES)])  # fmt: skip
     centres = 0.5 * (edges[:-1] + edges[1:])
     ok = np.isfinite(means)
     if ok.sum() < 3:
-        return math.nan, math.nan, False
+        return math.nan, math.nan, math.nan
     x, y = centres[ok], means[ok]
     dx = x - x.mean()
     slope = float(dx @ (y - y.mean()) / (dx @ dx))
     resid = y - y.mean() - slope * dx
     se = math.sqrt(float(resid @ resid) / (len(x) - 2) / float(dx @ dx))
     t_stat = slope / se if se > 0 else (math.inf if slope > 0 else 0.0)
-    level = float(y.mean())
-    unbounded = t_stat > GROWTH_T and slope * (t1 - start) >= GROWTH_RELATIVE * max(level, 1e-300)
-    return slope, t_stat, bool(unbounded)
+    return slope, t_stat, float(y.mean())
 
 
 def _run_with_jobs(config: Mapping[str, Any]) -> dict[str, Any]:
