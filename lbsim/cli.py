@@ -244,12 +244,18 @@ for _registry in REGISTRIES:
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print the optimum as JSON")
+@click.option(
+    "--overload", is_flag=True, help="demand no split can serve: the most throughput, then stable backends, least load"
+)
 @user_errors
-def optimum(scenario, overrides, as_json):
+def optimum(scenario, overrides, as_json, overload):
     """The centralized optimal static split of SCENARIO (docs/model.md section 2)."""
     from .optimum import optimum as solve
 
     s = _load(scenario, overrides)
+    if overload:
+        _print_overload(s, solve(s, overload=True), as_json)
+        return
     opt = solve(s)
     if as_json:
         click.echo(json.dumps(opt.to_dict(), indent=2))
@@ -266,6 +272,23 @@ def optimum(scenario, overrides, as_json):
     click.echo("routing (rows: frontends):")
     for i in range(s.num_frontends):
         click.echo(f"  {s.frontend_label(i):>12}  " + " ".join(f"{p:.3f}" for p in opt.routing[i]))
+
+
+def _print_overload(s, best, as_json: bool) -> None:
+    """``lbsim optimum --overload``: the overload optimum as JSON or as a short table."""
+    if as_json:
+        click.echo(json.dumps(best.to_dict(), indent=2))
+        return
+    state = "overloaded" if best.overloaded else "not overloaded"
+    click.echo(f"{state}: throughput {best.throughput:.6g} of {best.demand:.6g} offered")
+    click.echo(f"stable backends {len(best.stable_backends)}, total load on them {best.total_load:.6g}")
+    click.echo("backends:")
+    for j in range(s.num_backends):
+        load = f"load {best.load[j]:.4g}" if j in best.stable_backends else "unstable"
+        click.echo(f"  {s.backend_label(j):>12}  flow {best.flow[j]:.4g}  served {best.served[j]:.4g}  {load}")
+    click.echo("routing (rows: frontends):")
+    for i in range(s.num_frontends):
+        click.echo(f"  {s.frontend_label(i):>12}  " + " ".join(f"{p:.3f}" for p in best.routing[i]))
 
 
 def _router_list(text: str) -> list[str]:

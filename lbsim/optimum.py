@@ -74,7 +74,8 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+from typing import overload as _variant
 
 import numpy as np
 import scipy.linalg
@@ -83,9 +84,10 @@ import scipy.sparse
 import scipy.sparse.csgraph
 
 from .errors import ScenarioError
+from .overload import Overload, bottleneck, check_capacity, saturating_routing
 from .rates import RateFamily
 
-__all__ = ["Optimum", "kkt_violation", "optimum", "solve"]
+__all__ = ["Optimum", "Overload", "kkt_violation", "optimum", "solve", "solve_overload"]
 
 # Routing entries below this are "unused" for the KKT statement (as in the tests).
 USED = 1e-9
@@ -153,21 +155,35 @@ class Optimum:
         }
 
 
-def optimum(scenario: Any, **options: Any) -> Optimum:
-    """The optimum of a scenario: reads ``demand``, ``delay``, ``connect`` and ``service_rates``."""
+@_variant
+def optimum(scenario: Any, overload: Literal[False] = False, **options: Any) -> Optimum: ...
+@_variant
+def optimum(scenario: Any, overload: Literal[True], **options: Any) -> Overload: ...
+def optimum(scenario: Any, overload: bool = False, **options: Any) -> Optimum | Overload:
+    """The optimum of a scenario: reads ``demand``, ``delay``, ``connect`` and ``service_rates``.
+
+    With ``overload=True``, the overload optimum (:func:`solve_overload`),
+    defined whether or not the demand can be served; the capacities are the
+    scenario's ``supremum`` (mu at a backend's load limit where it has one).
+    """
     F, B = np.shape(scenario.connect)
     fl = getattr(scenario, "frontend_label", None)
     bl = getattr(scenario, "backend_label", None)
+    # (a Scenario names a backend without mu; any object with ``service_rates`` will do)
+    rates = scenario.rate_functions("the optimum") if hasattr(scenario, "rate_functions") else scenario.service_rates
+    flabels = [fl(i) for i in range(F)] if callable(fl) else None
+    blabels = [bl(j) for j in range(B)] if callable(bl) else None
+    if overload:
+        sup = getattr(scenario, "supremum", None)
+        capacity = np.array([sup(j) for j in range(B)], dtype=float) if callable(sup) else None
+        return solve_overload(
+            rates, scenario.demand, scenario.connect, capacity,
+            frontend_labels=flabels, backend_labels=blabels, **options,
+        )  # fmt: skip
     return solve(
-        # (a Scenario names a backend without mu; any object with ``service_rates`` will do)
-        scenario.rate_functions("the optimum") if hasattr(scenario, "rate_functions") else scenario.service_rates,
-        scenario.demand,
-        scenario.delay,
-        scenario.connect,
-        frontend_labels=[fl(i) for i in range(F)] if callable(fl) else None,
-        backend_labels=[bl(j) for j in range(B)] if callable(bl) else None,
-        **options,
-    )
+        rates, scenario.demand, scenario.delay, scenario.connect,
+        frontend_labels=flabels, backend_labels=blabels, **options,
+    )  # fmt: skip
 
 
 def solve(
@@ -249,6 +265,85 @@ def solve(
         mean_sojourn=sojourn,
         iterations=newton + polish,
         seconds=time.perf_counter() - start,
+    )
+
+
+def solve_overload(
+    rates: Sequence[RateFamily],
+    demand: np.ndarray,
+    connect: np.ndarray,
+    capacity: np.ndarray | None = None,
+    tol: float = 1e-9,
+    *,
+    frontend_labels: Sequence[str] | None = None,
+    backend_labels: Sequence[str] | None = None,
+) -> Overload:
+    """The overload optimum (GMSR's overload theorem, Zhang et al., arXiv:2411.17103; docs/model.md section 2).
+
+    Among routings of the whole ``demand`` (F,) over ``connect`` (F, B): the
+    greatest throughput ``sum_j min(Lambda_j, cap_j)``, then the most backends
+    kept stable (``Lambda_j < cap_j``), then the least total steady-state load
+    ``sum_{j stable} mu_j^{-1}(Lambda_j)`` of the stable ones. The first two
+    are the maximum flow and its minimum cut (:mod:`lbsim.overload`); the
+    third is :func:`solve` on the stable sub-problem (the frontends off the
+    cut and the stable backends) without delays, whose objective is then the
+    total load. Its KKT conditions hold on that sub-problem: the backends a
+    frontend uses share the least marginal cost ``1/mu_j'(x_j)``.
+    ``capacity`` (B,) defaults to ``sup mu_j``. Not an error when the demand
+    can be served: every backend is then stable (``overloaded`` is False).
+    """
+    demand = np.asarray(demand, dtype=float)
+    connect = np.asarray(connect, dtype=bool)
+    F, B = _check_inputs(rates, demand, np.zeros(connect.shape), connect)
+    cap = np.array([float(r.supremum) for r in rates]) if capacity is None else np.asarray(capacity, dtype=float)
+    check_capacity(cap, demand, connect)
+    flabel = list(frontend_labels) if frontend_labels is not None else [str(i) for i in range(F)]
+    blabel = list(backend_labels) if backend_labels is not None else [str(j) for j in range(B)]
+    neck = bottleneck(demand, cap, connect)
+    stable = neck.stable
+    routing = np.zeros((F, B))
+    load, marginal, beta = np.full(B, np.nan), np.full(B, np.nan), np.full(B, np.nan)
+    # The stable sub-problem: strictly feasible, so the optimum's solver applies as it is.
+    rows, cols = np.flatnonzero(~neck.cut_frontends), np.flatnonzero(stable)
+    if rows.size and demand[rows].sum() > 0:
+        sub = solve(
+            [rates[int(j)] for j in cols],
+            demand[rows],
+            np.zeros((rows.size, cols.size)),
+            connect[np.ix_(rows, cols)],
+            tol,
+            frontend_labels=[flabel[i] for i in rows],
+            backend_labels=[blabel[j] for j in cols],
+        )
+        routing[np.ix_(rows, cols)] = sub.routing
+        load[cols], marginal[cols], beta[cols] = sub.load, sub.marginal_cost, sub.capacity_price
+    else:
+        if rows.size:  # frontends without demand: any split of nothing
+            reach = connect[np.ix_(rows, cols)]
+            routing[np.ix_(rows, cols)] = reach / reach.sum(axis=1, keepdims=True)
+        load[cols] = [float(rates[int(j)].inverse(0.0)) for j in cols]
+        marginal[cols] = _Backends([rates[int(j)] for j in cols]).marginal(np.zeros(cols.size))
+        beta[cols] = 0.0
+    # The cut's source side fills the unstable backends and sends them its excess.
+    rows, cols = np.flatnonzero(neck.cut_frontends), np.flatnonzero(~stable)
+    if rows.size:
+        block = np.ix_(rows, cols)
+        routing[block] = saturating_routing(neck.flow[block], demand[rows], cap[cols], connect[block])
+    flow = demand @ routing
+    served = np.where(stable, flow, cap)
+    return Overload(
+        overloaded=bool((~stable).any()),
+        throughput=neck.throughput,
+        demand=float(demand.sum()),
+        stable_backends=np.flatnonzero(stable),
+        unstable_backends=np.flatnonzero(~stable),
+        routing=routing,
+        flow=flow,
+        served=served,
+        load=load,
+        total_load=float(load[stable].sum()),
+        marginal_cost=marginal,
+        capacity_price=beta,
     )
 
 
@@ -514,7 +609,8 @@ def _raise_infeasible(f, theta, lam, cap, mask, rows, cols, demand, capacity, fl
         "frontends",
         f"demand {need:g} of frontends [{', '.join(names_f)}] is not below the total capacity {have:g} "
         f"of the backends they can reach [{', '.join(names_b)}]: no routing keeps every backend below "
-        f"its capacity (lower those rates, add backends or connect them)",
+        f"its capacity (lower those rates, add backends or connect them; the overload optimum, "
+        f"`lbsim optimum --overload` or optimum(scenario, overload=True), gives the routing that serves the most)",
     )
 
 

@@ -360,7 +360,11 @@ def test_comparison_table(comparison):
     table = result.table
     quantiles = [f"{q}{s}" for q in ("p50", "p90", "p99", "p999") for s in ("", "_low", "_high")]
     ratio = ["ratio_to_optimum", "ratio_to_optimum_low", "ratio_to_optimum_high"]
-    assert list(table.columns) == ["router", "seeds", "jobs", "mean", "mean_low", "mean_high", *quantiles, *ratio]
+    overload = ["served", "served_low", "served_high", "unbounded"]
+    assert list(table.columns) == [
+        "router", "seeds", "jobs", "mean", "mean_low", "mean_high", *quantiles, *ratio, *overload
+    ]  # fmt: skip
+    assert (table["unbounded"] == 0).all()
     assert sorted(table["router"]) == sorted(routers)
     assert table["mean"].is_monotonic_increasing
     assert (table["seeds"] == 3).all()

@@ -16,7 +16,7 @@ import lbsim
 LAYERS: list[set[str]] = [
     {"errors", "files", "events", "jobs", "simplex", "stats"},
     {"registry"},
-    {"rates", "view"},
+    {"rates", "view", "overload"},
     {"distributions", "optimum"},
     {"llm"},
     {"backends", "routers"},

@@ -31,7 +31,11 @@ through every invariant of docs/model.md section 4), the members below, and
 * ``observer``: optional per-job hooks a router attaches (Prequal's latency at
   RIF), called as ``arrived(job, now, jobs)`` and ``finished(job, now)``;
 * ``set_multiplier(m)``: scale the model's speed from now on (antagonist load),
-  for models with ``supports_antagonist``.
+  for models with ``supports_antagonist``;
+* ``served`` and :meth:`work_served`: the work units served since t = 0,
+  whether or not the jobs have finished (the summary's ``served`` and the
+  time series' ``served`` column, docs/model.md section 3). A model adds to
+  ``served`` where it plays its service forward.
 
 A model also says what the fluid model, the optimum and the routers that know
 rates may assume of it: :meth:`rate_function` gives its fluid rate ``mu(x)``
@@ -119,12 +123,16 @@ class BackendContext:
     step_sample_interval: float | None = None
     #: tables a model may share between its backends (e.g. mu(n * sbar) by n), keyed by the model
     shared: dict[Any, Any] = field(default_factory=dict)
+    #: work units per token of a token workload (a job's size is ``job_scale * output``): an engine's served work
+    job_scale: float = 1.0
 
 
 class BackendModel:
     """Base class of backend models: the telemetry history, and the contract's defaults."""
 
-    __slots__ = ("_prune_at", "context", "env", "history_n", "history_t", "index", "jobs", "next_done", "observer")
+    __slots__ = (
+        "_prune_at", "context", "env", "history_n", "history_t", "index", "jobs", "next_done", "observer", "served",
+    )  # fmt: skip
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = BackendParams
@@ -148,6 +156,8 @@ class BackendModel:
         self.history_t = [-INF]
         self.history_n = [0]
         self._prune_at = 8
+        #: work units served up to the model's last event (jobs finished or not)
+        self.served = 0.0
 
     # -- what a model implements ------------------------------------------------------
     def arrive(self, job: Job) -> None:
@@ -224,6 +234,17 @@ class BackendModel:
     def load(self) -> float:
         """x_j = n_j * sbar."""
         return self.jobs * self.context.mean_size
+
+    def work_served(self, t: float) -> float:
+        """Work units served in [0, t], caught up to ``t`` first: ``served`` plus what the jobs got since.
+
+        The default is for models whose service advances only at their events
+        (an engine's tokens at step ends); a model that serves continuously
+        between events adds the work of the open interval.
+        """
+        if self.next_done <= t:
+            self.catch_up(t)
+        return self.served
 
     def jobs_at(self, t: float) -> int:
         """n_j as it was at time t (t within the history window; caught up to t first)."""

@@ -31,7 +31,7 @@ class InfiniteServerParams(BackendParams):
 class InfiniteServer(BackendModel):
     """Every job in service at once at a fixed speed: a job of size s stays s / speed (M/G/inf)."""
 
-    __slots__ = ("_version", "in_service", "speed")
+    __slots__ = ("_t_served", "_version", "in_service", "speed")
 
     name: ClassVar[str] = "infinite_server"
     Params = InfiniteServerParams
@@ -42,11 +42,13 @@ class InfiniteServer(BackendModel):
         self.speed = params.speed
         self.in_service: list[tuple[float, int, Job]] = []  # heap of (done time, job_id, job)
         self._version = 0  # eager mode: completion events made stale by a newer head are dropped
+        self._t_served = 0.0  # ``served`` counts the work up to this time: speed per job in service since
 
     def arrive(self, job: Job) -> None:
         now = self.env.now
         self.catch_up(now)
         job.t_backend_arrival = now
+        self._serve(now)
         heappush(self.in_service, (now + job.size / self.speed, job.job_id, job))
         self.jobs += 1
         self.record(now)
@@ -57,12 +59,22 @@ class InfiniteServer(BackendModel):
             self._finish()
 
     def _finish(self) -> None:
+        self._serve(self.in_service[0][0])
         t, _, job = heappop(self.in_service)
         self.next_done = float("inf")  # the pending event is spent: _next schedules the new head, even a tie
         self.jobs -= 1
         self.record(t)
         self._next()
         self.context.on_done(job, t)
+
+    def _serve(self, t: float) -> None:
+        """Add the work served up to t: each job in service got ``speed`` per second."""
+        self.served += (t - self._t_served) * self.speed * len(self.in_service)
+        self._t_served = t
+
+    def work_served(self, t: float) -> float:
+        self.catch_up(t)
+        return self.served + (t - self._t_served) * self.speed * len(self.in_service)
 
     def _next(self) -> None:
         head = self.in_service[0][0] if self.in_service else float("inf")

@@ -113,6 +113,8 @@ class LLMBackend(BackendModel):
             t = self.next_done
             done = engine.advance(t)  # exactly the step ending at t
             self.jobs -= len(done)
+            # A step's tokens are served at its end; those lost to preemption are served again later.
+            self.served = (engine.tokens_emitted - engine.tokens_lost) * self.context.job_scale
             if done:
                 self.record(t)
             self._record_state(t)

@@ -25,7 +25,8 @@ each job in service has received since the backend started, growing at
 leaves when ``virtual`` reaches ``V + s``, whatever happens to the rate in
 between, so only the smallest such tag matters and the next completion is
 ``(tag - virtual) * len(service) / rate`` away. The rate is constant between
-events, so event times are exact.
+events, so event times are exact, and the work served between two events is
+the rate times their distance (``served``, whether the jobs finish or not).
 """
 
 from __future__ import annotations
@@ -144,6 +145,12 @@ class RateBackend(BackendModel):
             rates.extend(self.mu.value(more).tolist())
         return rates[n]
 
+    def work_served(self, t: float) -> float:
+        """Work served in [0, t]: ``served`` (to the last event) plus the total rate times the time since."""
+        if self.next_done <= t:
+            self.catch_up(t)
+        return self.served + (t - self.t_last) * self.rate if self.service else self.served
+
     # -- events -----------------------------------------------------------------------
     def arrive(self, job: Job) -> None:
         now = self.env._now
@@ -156,6 +163,7 @@ class RateBackend(BackendModel):
         in_service = len(service)
         if in_service and self.rate > 0.0:
             self.virtual += (now - self.t_last) * self.rate / in_service
+            self.served += (now - self.t_last) * self.rate
         self.t_last = now
         self.jobs += 1
         if in_service < self.capacity:
@@ -178,6 +186,7 @@ class RateBackend(BackendModel):
         tag, _, job = heappop(self.service)
         # The job is done by definition; setting virtual to its tag avoids drift.
         self.virtual = tag
+        self.served += (now - self.t_last) * self.rate
         self.t_last = now
         self.jobs -= 1
         if self.waiting:
@@ -195,6 +204,7 @@ class RateBackend(BackendModel):
         self.catch_up(now)
         if self.service and self.rate > 0.0:
             self.virtual += (now - self.t_last) * self.rate / len(self.service)
+            self.served += (now - self.t_last) * self.rate
         self.t_last = now
         self.multiplier = multiplier
         self._scheduled = None

@@ -167,18 +167,20 @@ class LatencyRecords:
 
 
 class SampleRecords:
-    """The time series: every backend's load and job count every ``sample_interval``."""
+    """The time series: every backend's load, job count and cumulative work served every ``sample_interval``."""
 
     def __init__(self):
         self.t = array("d")
         self.backend = array("i")
         self.jobs = array("q")
+        self.served = array("d")  # cumulative work served by the backend since t = 0
 
     def add(self, t: float, backends) -> None:
         for b in backends:
             self.t.append(t)
             self.backend.append(b.index)
             self.jobs.append(b.jobs)
+            self.served.append(b.work_served(t))
 
     def frame(self, mean_size: float) -> pd.DataFrame:
         jobs = np.frombuffer(self.jobs, dtype=np.int64)
@@ -188,6 +190,7 @@ class SampleRecords:
                 "backend": np.frombuffer(self.backend, dtype=np.int32),
                 "load": jobs * mean_size,
                 "jobs": jobs,
+                "served": np.frombuffer(self.served, dtype=np.float64),
             }
         )
 

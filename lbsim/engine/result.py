@@ -19,7 +19,7 @@ QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999}
 
 @dataclass
 class Result:
-    """``jobs`` (one row per completed job), ``timeseries`` (t, backend, load, jobs),
+    """``jobs`` (one row per completed job), ``timeseries`` (t, backend, load, jobs, served),
     ``routing`` (t, frontend, backend, prob; empty for routers without a split)."""
 
     jobs: pd.DataFrame
@@ -40,6 +40,8 @@ class Result:
     steps: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
     #: the llm backends' figures (TTFT, TPOT, energy...), added to the summary
     engine_figures: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: work units per second the backends served in [warm-up, horizon], jobs finished or not
+    served: float = float("nan")
     _summary: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
@@ -70,6 +72,8 @@ class Result:
         }
         routing = sim.splits.frame() if sim.splits is not None else _empty_routing()
         jobs, steps, figures = _model_outputs(sim, jobs)
+        window = sim.t_stop - sim.scenario.simulation.warmup  # (the job limit may stop it before the horizon)
+        served = (sum(sim.served_end) - sum(sim.served_warmup)) / window if window > 0 else float("nan")
         return cls(
             jobs=jobs,
             timeseries=sim.samples.frame(sim.mean_size),
@@ -84,6 +88,7 @@ class Result:
             measures=measures,
             steps=steps,
             engine_figures=figures,
+            served=served,
         )
 
     @classmethod
@@ -97,7 +102,7 @@ class Result:
         counts["jobs_in_system_end"] = n - counts["jobs_completed"]
         result = cls(
             jobs=jobs,
-            timeseries=pd.DataFrame({"t": [], "backend": np.empty(0, np.int32), "load": [], "jobs": []}),
+            timeseries=pd.DataFrame({"t": [], "backend": np.empty(0, np.int32), "load": [], "jobs": [], "served": []}),
             routing=_empty_routing(),
             scenario=scenario,
             router="",
@@ -153,6 +158,7 @@ class Result:
             "mean_sojourn": float(m.sojourn.mean()) if some else nan,
             "mean_network": float((latency - m.sojourn).mean()) if some else nan,
             "throughput": m.work_landed / window if window > 0 else nan,
+            "served": self.served,
             "throughput_jobs": m.jobs_landed / window if window > 0 else nan,
             "offered_load": float(self.scenario.demand.sum()),
             "wall_seconds": round(self.wall_seconds, 6),

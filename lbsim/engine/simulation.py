@@ -237,6 +237,7 @@ class Simulation:
             lazy,
             streams=streams["backends"],
             step_sample_interval=sim.sample_interval if record_steps == "sampled" else None,
+            job_scale=sim.job_scale,
         )
         self.backends: list[BackendModel] = [
             spec.model_class(j, spec.params, context) for j, spec in enumerate(scenario.backends)
@@ -286,6 +287,9 @@ class Simulation:
 
         self.samples = SampleRecords()
         self.splits = SplitRecords(scenario.connect) if self.router.split() is not None else None
+        #: work every backend had served by the warm-up and by the horizon (the summary's ``served``)
+        self.served_warmup = [0.0] * B
+        self.served_end = [0.0] * B
         self.arrived = 0  # also the next job's id
         self.to_backends = 0  # requests on the network, not yet at their backend
         self.wall_seconds = float("nan")
@@ -423,6 +427,9 @@ class Simulation:
         if self._progress is not None:
             self._progress.update(t - self._progress.n)
 
+    def _served_at_warmup(self, event: Wakeup) -> None:
+        self.served_warmup = [b.work_served(self.env._now) for b in self.backends]
+
     def _start_antagonists(self) -> None:
         for backend, spec, rng in zip(self.backends, self.scenario.backends, self.antagonist_rngs):
             ant = spec.antagonist
@@ -496,6 +503,8 @@ class Simulation:
             if t < self.arrivals_until:
                 self.env.schedule(Wakeup(self._arrive, stream), NORMAL, t)
         self._start_antagonists()
+        if warmup := self.scenario.simulation.warmup:
+            self.env.schedule(Wakeup(self._served_at_warmup), NORMAL, warmup)
         self._every(self.scenario.simulation.sample_interval, self._sample, self.horizon)
         if self.router.tick_interval:
             interval = self.router.tick_interval
@@ -521,6 +530,7 @@ class Simulation:
                 "at_backends": sum(b.jobs for b in self.backends),
                 "recorded": len(self.records),
             }
+            self.served_end = [b.work_served(self.t_stop) for b in self.backends]
             if self.drain_limit is not None and self.status == "complete":
                 self._drain(self.horizon + self.drain_limit)
         finally:
