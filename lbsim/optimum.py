@@ -84,6 +84,7 @@ import scipy.sparse.csgraph
 
 from .errors import ScenarioError
 from .rates import RateFamily
+from .threads import blas_threads
 
 __all__ = ["Optimum", "kkt_violation", "optimum", "solve"]
 
@@ -170,6 +171,7 @@ def optimum(scenario: Any, **options: Any) -> Optimum:
     )
 
 
+@blas_threads()  # one BLAS thread: faster on small machines (lbsim/threads.py)
 def solve(
     rates: Sequence[RateFamily],
     demand: np.ndarray,
