@@ -143,12 +143,15 @@ class Integrator:
         import scipy.sparse
 
         self.transit = _Lags.of(np.minimum(model.transit, beyond), dt)
-        depth = self.transit.steps + 2
+        # Changes on an edge whose transit is the whole horizon or more land after the end: left out,
+        # so the window is as deep as the longest transit that matters.
+        lands = self.transit.whole < n_steps
+        depth = int(self.transit.whole[lands].max(initial=0)) + 2
         rows = (self.transit.whole * B + np.arange(B)[None, :]).reshape(-1)
         cols = np.arange(F * B)
         frac = self.transit.fraction.reshape(-1)
         data = np.concatenate([1.0 - frac, frac])
-        keep = data > 0
+        keep = (data > 0) & np.tile(lands.reshape(-1), 2)
         matrix = scipy.sparse.csr_matrix(
             (data[keep], (np.concatenate([rows, rows + B])[keep], np.concatenate([cols, cols])[keep])),
             shape=(depth * B, F * B),
