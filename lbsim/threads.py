@@ -34,7 +34,7 @@ def blas_threads(limit: int | None = None) -> Iterator[None]:
         yield
         return
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
     except ImportError:  # an optional speed-up: without it the pools keep their size
         yield
         return

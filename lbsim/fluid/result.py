@@ -44,7 +44,7 @@ class FluidResult:
     steps: int
     wall_seconds: float
     x0: np.ndarray | None = field(repr=False, default=None)
-    #: "heun" (fixed steps, :mod:`lbsim.fluid.integrator`) or "lsoda" (the undelayed stiff loop, :mod:`lbsim.fluid.stiff`)
+    #: "heun" (fixed steps, :mod:`lbsim.fluid.integrator`) or "lsoda" (undelayed stiff loops, :mod:`lbsim.fluid.stiff`)
     method: str = "heun"
 
     @cached_property

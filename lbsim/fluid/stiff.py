@@ -43,6 +43,8 @@ on the scale ``T``, which any method must resolve.
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -59,7 +61,7 @@ ATOL = 1e-12
 
 
 def undelayed(model: FluidModel, router: FluidRouter) -> bool:
-    """Whether the fluid model is the undelayed stiff ODE of this module: an argmin router, no delay on any used edge."""
+    """Whether the fluid model is this module's undelayed stiff ODE: an argmin router, no delay on any used edge."""
     if not isinstance(router, TieRouter) or router.eps <= 0.0 or model.telemetry == "periodic":
         return False  # band 0 is the raw argmin: discontinuous, usable only with delays
     used = model.connect
@@ -97,6 +99,13 @@ class StiffIntegrator:
         scenario = self.model.scenario
         schedule = scenario.simulation.rate_schedule or []
         antagonists = [(j, spec.antagonist) for j, spec in enumerate(scenario.backends) if spec.antagonist is not None]
+        for j, ant in antagonists:
+            if ant.schedule is None:
+                warnings.warn(
+                    f"backends[{j}].antagonist: random levels have no deterministic fluid model; "
+                    "using their time average (the mean level)",
+                    stacklevel=5,
+                )
         cuts = {0.0, self.horizon}
         cuts.update(t for t, _ in schedule if 0.0 < t < self.horizon)
         for _, ant in antagonists:
@@ -104,14 +113,15 @@ class StiffIntegrator:
                 cuts.update(t for t, _ in ant.schedule if 0.0 < t < self.horizon)
         times = sorted(cuts)
         pieces = []
-        for start, end in zip(times, times[1:]):
+        for start, end in itertools.pairwise(times):
             scale = _level(schedule, start)
             multiplier = None
             if antagonists:
                 multiplier = np.ones(self.model.num_backends)
                 for j, ant in antagonists:
                     # random levels: their time average, as Heun's method (which warns about it) uses
-                    multiplier[j] = _level(ant.schedule, start) if ant.schedule is not None else float(np.mean(ant.levels))
+                    random = ant.schedule is None
+                    multiplier[j] = float(np.mean(ant.levels)) if random else _level(ant.schedule, start)
             pieces.append((start, end, scale, multiplier))
         return pieces
 
