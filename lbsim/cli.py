@@ -358,13 +358,14 @@ def sweep(spec, out, workers, executor, scheduler, quiet):
 @click.option("--dt", type=float, help="time step (default: from the delays and the fastest rate)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory")
+@click.option("--quiet", is_flag=True, help="no progress bar")
 @user_errors
-def fluid(scenario, router, horizon, dt, overrides, out):
+def fluid(scenario, router, horizon, dt, overrides, out, quiet):
     """Integrate the fluid model of SCENARIO: timeseries.parquet and routing.parquet, as `lbsim run`."""
     from .fluid import fluid as integrate
 
     s = _load(scenario, _router_switch(scenario, router, overrides))
-    result = integrate(s, horizon=horizon, dt=dt)
+    result = integrate(s, horizon=horizon, dt=dt, progress=not quiet)
     result.write(out)
     for key, value in result.summary().items():
         if not isinstance(value, (list, dict)):
