@@ -14,7 +14,7 @@ from pathlib import Path
 import lbsim
 
 LAYERS: list[set[str]] = [
-    {"errors", "files", "events", "jobs", "simplex", "stats"},
+    {"errors", "files", "events", "jobs", "simplex", "stats", "examples"},
     {"registry"},
     {"rates", "view"},
     {"distributions", "optimum"},
