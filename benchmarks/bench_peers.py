@@ -326,7 +326,8 @@ def bench_system(
     if system.policy == "single":
         theory = 1.0 / (1.0 - system.arrival_rate)
         off = [n for n in names if theory not in cis[n]]
-        lines.append(f"  theory 1/(mu - lambda) = {theory:g}: " + (f"outside the CI of {off}" if off else "in every CI"))
+        where = f"outside the CI of {off}" if off else "in every CI"
+        lines.append(f"  theory 1/(mu - lambda) = {theory:g}: {where}")
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     disagree = [f"{a}/{b}" for a, b in pairs if not agree(cis[a], cis[b])]
     lines.append(f"  pairs agreeing on the mean sojourn: {len(pairs) - len(disagree)} of {len(pairs)}")
@@ -361,7 +362,8 @@ def run(scale: float = 1.0, rounds: int = 3, seed: int = 1) -> tuple[list[str], 
         lines.append("Ciw not installed (pip install -e '.[bench]'): the load-balancing systems are skipped")
         return lines, agreed
     for system in LOAD_BALANCING:
-        more, agreed[system.name] = bench_system(system, {"Ciw": ciw_system, "lbsim": lbsim_system}, scale, rounds, seed)
+        peers: dict[str, Contender] = {"Ciw": ciw_system, "lbsim": lbsim_system}
+        more, agreed[system.name] = bench_system(system, peers, scale, rounds, seed)
         lines += more
     return lines, agreed
 

@@ -23,10 +23,11 @@ PACKAGE = Path(__file__).resolve().parent
 
 def scenario_dir() -> Path:
     """The directory of the example scenarios: the wheel's ``lbsim/scenarios`` or the checkout's ``scenarios``."""
-    for candidate in (PACKAGE / "scenarios", PACKAGE.parent / "scenarios"):
+    candidates = (PACKAGE / "scenarios", PACKAGE.parent / "scenarios")
+    for candidate in candidates:
         if any(candidate.glob("*.toml")):
             return candidate
-    raise ScenarioError("example", f"no example scenarios found in {PACKAGE / 'scenarios'} or {PACKAGE.parent / 'scenarios'}")
+    raise ScenarioError("example", f"no example scenarios in {' or '.join(map(str, candidates))}")
 
 
 def example_names() -> list[str]:
