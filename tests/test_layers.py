@@ -14,8 +14,8 @@ from pathlib import Path
 import lbsim
 
 LAYERS: list[set[str]] = [
-    {"errors", "files", "events", "jobs", "simplex", "stats", "examples"},
-    {"registry"},
+    {"errors", "files", "events", "jobs", "simplex", "stats"},
+    {"registry", "examples"},
     {"rates", "view"},
     {"distributions", "optimum"},
     {"llm"},
