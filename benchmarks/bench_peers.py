@@ -314,9 +314,13 @@ def bench_system(
         f" {'per round':>15}  mean sojourn (95% CI)"
     )
     cis = {name: batch_means_ci(runs[name][0].sojourns) for name in names}
+    figures = []  # the README's row: CPU and wall seconds per million customers, ratio to lbsim's CPU
     for name in names:
         cpu = per_million(name, "cpu")
         ratios = [c / r for c, r in zip(cpu, ref)]
+        ratio = "" if name == "lbsim" else f", {statistics.median(ratios):.2f}x lbsim"
+        wall = statistics.median(per_million(name, "wall"))
+        figures.append(f"{name} {statistics.median(cpu):.3g} CPU s/M ({wall:.3g} wall){ratio}")
         ci = cis[name]
         lines.append(
             f"  {name:<18} {len(runs[name][0].sojourns):>9} {statistics.median(cpu):>9.2f}"
@@ -333,7 +337,9 @@ def bench_system(
     lines.append(f"  pairs agreeing on the mean sojourn: {len(pairs) - len(disagree)} of {len(pairs)}")
     if disagree:
         lines.append(f"  DISAGREE: {', '.join(disagree)}")
-    return lines, not disagree
+    agreement = "agree on the mean sojourn" if not disagree else f"DISAGREE: {', '.join(disagree)}"
+    row = f"| {system.name}, load {system.load}, {customers:,} customers | {'; '.join(figures)}; {agreement} |"
+    return lines, not disagree, row
 
 
 #: run lengths: Ciw's cost per customer grows with the number of nodes, so the larger systems run shorter
@@ -346,8 +352,9 @@ LOAD_BALANCING = [
 ]
 
 
-def run(scale: float = 1.0, rounds: int = 3, seed: int = 1) -> tuple[list[str], dict[str, bool]]:
-    """The whole benchmark, run lengths times ``scale``: report lines, and per system whether all pairs agreed."""
+def run(scale: float = 1.0, rounds: int = 3, seed: int = 1) -> tuple[list[str], dict[str, bool], list[str]]:
+    """The whole benchmark, run lengths times ``scale``: report lines, per system whether all pairs
+    agreed, and the README's table rows."""
     mm1: dict[str, Contender] = {
         "heapq loop": heapq_mm1,
         "SimPy callbacks": simpy_callbacks_mm1,
@@ -356,16 +363,17 @@ def run(scale: float = 1.0, rounds: int = 3, seed: int = 1) -> tuple[list[str], 
     }
     if ciw is not None:
         mm1["Ciw"] = ciw_system
-    lines, ok = bench_system(MM1, mm1, scale, rounds, seed)
-    agreed = {MM1.name: ok}
+    lines, ok, row = bench_system(MM1, mm1, scale, rounds, seed)
+    agreed, rows = {MM1.name: ok}, [row]
     if ciw is None:
         lines.append("Ciw not installed (pip install -e '.[bench]'): the load-balancing systems are skipped")
-        return lines, agreed
+        return lines, agreed, rows
     for system in LOAD_BALANCING:
         peers: dict[str, Contender] = {"Ciw": ciw_system, "lbsim": lbsim_system}
-        more, agreed[system.name] = bench_system(system, peers, scale, rounds, seed)
+        more, agreed[system.name], row = bench_system(system, peers, scale, rounds, seed)
         lines += more
-    return lines, agreed
+        rows.append(row)
+    return lines, agreed, rows
 
 
 def main() -> None:
@@ -376,8 +384,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.scale, args.rounds = 0.1, 1
-    lines, _ = run(args.scale, args.rounds)
+    lines, _, rows = run(args.scale, args.rounds)
     print("\n".join(lines))
+    print("\nREADME rows (CPU s/M: CPU seconds per million customers, median of the rounds):")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

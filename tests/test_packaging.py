@@ -186,10 +186,11 @@ def test_bench_peers_quick_mode_agrees(monkeypatch):
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bench_peers", bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
-    lines, agreed = bench.run(scale=0.1, rounds=1)
+    lines, agreed, rows = bench.run(scale=0.1, rounds=1)
     assert agreed == dict.fromkeys(
         ["M/M/1", "JSQ, 16 servers", "power of two, 16 servers", "JSQ, 128 servers", "power of two, 128 servers"], True
     ), "\n".join(lines)
+    assert len(rows) == 5 and all(row.startswith("| ") and row.endswith(" |") for row in rows)
     report = "\n".join(lines)
     for contender in ("heapq loop", "SimPy callbacks", "SimPy processes", "Ciw", "lbsim"):
         assert contender in report
