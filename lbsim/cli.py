@@ -400,3 +400,28 @@ def scaling(scenario, router, scales, seeds, overrides, out, workers, executor, 
     )  # fmt: skip
     click.echo(result.format_table())
     click.echo(f"wrote {Path(out)}/")
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--out", type=click.Path(dir_okay=False), help="write the scenario to this file instead of printing it")
+@user_errors
+def example(name, out):
+    """List the example scenarios shipped with lbsim, or print scenario NAME (`lbsim example two_regions > my.toml`)."""
+    from . import examples
+
+    if name is None:
+        names = examples.example_names()
+        width = max(len(n) for n in names)
+        for n in names:
+            click.echo(f"{n:<{width}}  {examples.example_summary(n)}")
+        return
+    text = examples.example_text(name)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError("--out", f"cannot write {out}: {exc.strerror}") from None
+    click.echo(f"wrote {Path(out)}", err=True)

@@ -15,7 +15,7 @@ import lbsim
 
 LAYERS: list[set[str]] = [
     {"errors", "files", "events", "jobs", "simplex", "stats", "threads"},
-    {"registry"},
+    {"registry", "examples"},
     {"rates", "view", "overload"},
     {"distributions", "optimum"},
     {"llm"},
