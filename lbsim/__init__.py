@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .scaling import scaling
     from .scenario import Scenario, load_scenario
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: public name -> the submodule that defines it
 _LAZY: dict[str, str] = {
