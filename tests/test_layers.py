@@ -15,7 +15,7 @@ import lbsim
 
 LAYERS: list[set[str]] = [
     {"errors", "files", "events", "jobs", "simplex", "stats"},
-    {"registry"},
+    {"registry", "outputs"},
     {"rates", "view"},
     {"distributions", "optimum"},
     {"llm"},

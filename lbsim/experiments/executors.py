@@ -41,10 +41,10 @@ import uuid
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 from ..errors import ScenarioError, unknown
+from ..files import process_alive
 
 __all__ = ["EXECUTORS", "check_executor", "execute", "map_ordered", "process_alive"]
 
@@ -167,20 +167,6 @@ def _start_worker(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="lbsim-watch-parent", daemon=True).start()
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, killed but not yet reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, Any], None, None]:
