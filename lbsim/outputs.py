@@ -62,8 +62,13 @@ def check_out(out: str | Path | None, key: str = "--out") -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise ScenarioError(key, f"{path} lies under {existing}, which is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ScenarioError(key, f"cannot write {path}: {existing} is not writable")
+    # os.access says yes to root on a read-only file system: try it (a probe folder, removed at once)
+    probe = existing / f".lbsim-probe.{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise ScenarioError(key, f"cannot write {path}: {existing} is not writable ({exc.strerror})") from None
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,7 +194,6 @@ class Result:
         write_json(directory / "summary.json", {**self.summary(), "overrides": list(overrides)})
 
 
-
 def offered_load(scenario: Any, start: float | None = None, end: float | None = None) -> float:
     """The demand offered on average over the measurement window ``[start, end]`` (work units/s).
 
@@ -225,7 +225,7 @@ def mean_multiplier(schedule: Sequence[tuple[float, float]] | None, start: float
     if end <= start:  # an empty window: the multiplier in force at start
         return _multiplier_at(schedule, start)
     breaks = [start] + [t for t, _ in schedule if start < t < end] + [end]
-    area = sum((b - a) * _multiplier_at(schedule, a) for a, b in zip(breaks, breaks[1:]))
+    area = sum((b - a) * _multiplier_at(schedule, a) for a, b in itertools.pairwise(breaks))
     return area / (end - start)
 
 
