@@ -44,12 +44,12 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
-def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
+def write_parquet(path: str | Path, frame: pd.DataFrame, *, sync: bool = False) -> None:
     """A DataFrame without its index; byte-identical for identical frames."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    atomic_write(path, lambda p: pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), p))
+    atomic_write(path, lambda p: pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), p), sync=sync)
 
 
 def write_toml(path: str | Path, data: Mapping[str, Any]) -> None:

@@ -52,10 +52,17 @@ class RunStore:
         return self.directory / f"{key}.json"
 
     def load(self, key: str) -> dict[str, Any] | None:
-        """A finished run's record, or None if it is missing or not this run's (then it runs again)."""
+        """A finished run's record, or None if it is missing, not this run's or lacks a table (then it runs again)."""
         try:
             record = json.loads(self.path(key).read_text())
-            if record["key"] == key and config_key(record["config"]) == key and isinstance(record["summary"], dict):
+            tables = record.get("tables", [])
+            whole = all(self._table_path(key, name).is_file() for name in tables)
+            if (
+                record["key"] == key
+                and config_key(record["config"]) == key
+                and isinstance(record["summary"], dict)
+                and whole
+            ):
                 return record
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -83,7 +90,10 @@ class RunStore:
         """A finished run's table ``name`` (saved with :meth:`save`)."""
         import pandas as pd
 
-        return pd.read_parquet(self.directory / f"{key}.{name}.parquet")
+        return pd.read_parquet(self._table_path(key, name))
+
+    def _table_path(self, key: str, name: str) -> Path:
+        return self.directory / f"{key}.{name}.parquet"
 
     def save(
         self,
@@ -96,13 +106,14 @@ class RunStore:
     ) -> dict[str, Any]:
         """Write a finished run's tables, then its record (whole and synced), and return the record."""
         for name, frame in (tables or {}).items():
-            write_parquet(self.directory / f"{key}.{name}.parquet", frame)
+            write_parquet(self._table_path(key, name), frame, sync=True)
         record = {
             "key": key,
             "lbsim_version": lbsim_version(),
             "params": params,
             "summary": summary,
             "config": config,
+            **({"tables": sorted(tables)} if tables else {}),
             **extra,
         }
         # fsync too: a run file that exists is a run that finished, even after a crash

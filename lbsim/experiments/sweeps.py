@@ -131,7 +131,7 @@ def _tables(runs: Sequence[Run], records: Mapping[str, dict[str, Any]]) -> tuple
         results[column] = _column(results[column])
     for column in results.columns:  # summary fields that are tables (router_params): JSON text
         if results[column].dtype == object and any(isinstance(v, (dict, list)) for v in results[column]):
-            results[column] = _column(results[column])
+            results[column] = [json.dumps(v, sort_keys=True) for v in results[column]]
     return results, pd.DataFrame(timing_rows, columns=["key", *TIMING_FIELDS])
 
 
