@@ -22,6 +22,22 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """Delete the temporary files in ``directory`` left by processes that are gone (``kill -9``).
+
+    Those of a live process (another command writing to the same directory) are left alone.
+    """
+    for tmp in Path(directory).glob(".*.tmp"):
+        if not tmp.is_file():
+            continue
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except ValueError:
+            pid = None
+        if pid is None or not process_alive(pid):
+            tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object], *, sync: bool = False) -> None:
     """Call ``write(tmp)`` then rename ``tmp`` to ``path``; ``sync`` also survives a power cut."""
     path = Path(path)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScenarioError
-from .files import process_alive, write_json
+from .files import process_alive, remove_stale_temporaries, write_json
 
 __all__ = ["COMMAND_FILE", "check_out", "experiment_directory", "lbsim_version", "output_directory"]
 
@@ -160,5 +160,6 @@ def experiment_directory(out: str | Path, command: Mapping[str, Any], force: boo
         if not same:
             shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)  # a final table half-written when a killed process wrote it
     write_json(path / COMMAND_FILE, record)
     return path

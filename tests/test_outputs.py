@@ -116,9 +116,14 @@ def test_an_interrupted_write_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
 def test_a_killed_writers_temporary_directory_is_cleaned_up(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    leftover = tmp_path / f".out.{int(dead.stdout)}.tmp"
+    leftover = tmp_path / f".out.{dead_pid()}.tmp"
     leftover.mkdir()
     (leftover / "jobs.parquet").write_text("half")
     with output_directory(tmp_path / "out") as tmp:
@@ -201,10 +206,13 @@ def test_compare_resumes_and_refuses_another_command(tmp_path):
     records[0].unlink()  # a lost record: that run runs again
     Path(str(records[1]).removesuffix(".json") + ".jobs.parquet").unlink()  # a record without its jobs: too
     kept = {p.name: p.stat().st_mtime_ns for p in records[2:]}
+    for where in (out, out / "runs"):  # what a kill -9 in the middle of a write leaves
+        (where / f".comparison.parquet.{dead_pid()}.tmp").write_text("half")
     again = compare(s, ["jsq", "random"], 2, out=out, progress=False)
     pd.testing.assert_frame_equal(again.table, first.table)
     pd.testing.assert_frame_equal(again.jobs, first.jobs)
     assert {p.name: p.stat().st_mtime_ns for p in records[2:]} == kept  # the others were reused
+    assert not [p for p in [*out.iterdir(), *(out / "runs").iterdir()] if p.name.endswith(".tmp")]
 
     with pytest.raises(ScenarioError) as err:
         compare(s, ["jsq", "power_of_d"], 2, out=out, progress=False)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ScenarioError
-from ..files import process_alive, write_parquet, write_text
+from ..files import remove_stale_temporaries, write_parquet, write_text
 from ..outputs import lbsim_version
 from .specs import config_key
 
@@ -46,7 +46,7 @@ class RunStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._clean_temporary()
+        remove_stale_temporaries(self.directory)
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.json"
@@ -119,13 +119,3 @@ class RunStore:
         # fsync too: a run file that exists is a run that finished, even after a crash
         write_text(self.path(key), json.dumps(record, indent=1, allow_nan=True) + "\n", sync=True)
         return record
-
-    def _clean_temporary(self) -> None:
-        """Delete temporary files left by experiments that died (their pid is gone)."""
-        for tmp in self.directory.glob(".*.tmp"):
-            try:
-                pid = int(tmp.name.rsplit(".", 2)[-2])
-            except ValueError:
-                pid = None
-            if pid is None or not process_alive(pid):
-                tmp.unlink(missing_ok=True)
