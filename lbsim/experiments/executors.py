@@ -227,7 +227,7 @@ def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, A
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,  # a task's error comes back through its future; the rest is noise
         )
         client = Client(cluster)
     elif isinstance(scheduler, str):
