@@ -14,6 +14,7 @@ import click
 from .errors import ScenarioError
 
 SET_HELP = "override any scenario key, e.g. --set frontends.0.rate=2.5 (repeatable)"
+FORCE_HELP = "replace a non-empty --out whole (without it, a non-empty --out is refused)"
 
 
 def _fail(message: str) -> None:
@@ -75,11 +76,16 @@ def main():
 def _load(path: str, overrides, **flags):
     from .scenario import load_scenario
 
+    return load_scenario(path, _overrides(overrides, **flags))
+
+
+def _overrides(overrides, **flags) -> list[str]:
+    """The ``--set`` strings with the shorthand options (``--seed``...) as overrides too: what summary.json records."""
     overrides = list(overrides)
     for key, value in flags.items():
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_scenario(path, overrides)
+    return overrides
 
 
 def _print_summary(summary: dict) -> None:
@@ -149,16 +155,20 @@ def _print_rows(rows: list[tuple[str, Any]]) -> None:
 @click.option("--job-scale", type=float, help="job size scale (default: simulation.job_scale)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.option("--quiet", is_flag=True, help="no progress bar, no summary")
 @user_errors
-def run(scenario, router, seed, horizon, job_scale, overrides, out, quiet):
-    """Simulate SCENARIO once and write jobs, timeseries, routing and summary to --out."""
+def run(scenario, router, seed, horizon, job_scale, overrides, out, force, quiet):
+    """Simulate SCENARIO once and write jobs, timeseries, routing, summary and scenario.toml to --out."""
     from .engine import simulate
+    from .outputs import check_fresh
 
     flags = {"simulation.seed": seed, "simulation.horizon": horizon, "simulation.job_scale": job_scale}
-    s = _load(scenario, _router_switch(scenario, router, overrides), **flags)
+    applied = _overrides(_router_switch(scenario, router, overrides), **flags)
+    s = _load(scenario, applied)
+    check_fresh(out, force)  # before the simulation, not after it
     result = simulate(s, progress=not quiet)
-    result.write(out)
+    result.write(out, overrides=applied, force=force)
     if not quiet:
         _print_summary(result.summary())
         click.echo(f"wrote {Path(out)}/")
@@ -318,17 +328,21 @@ def _router_list(text: str) -> list[str]:
 @click.option("--workers", type=int, default=1, show_default=True, help="parallel runs")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
 @click.option("--scheduler", help="dask scheduler address (default: a LocalCluster)")
+@click.option("--force", is_flag=True, help="replace an --out that holds another command's output")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @user_errors
-def compare(scenario, routers, seeds, overrides, out, workers, executor, scheduler, quiet):
-    """Compare routers on SCENARIO with common random numbers: mean and tail latency with 95% CIs."""
+def compare(scenario, routers, seeds, overrides, out, workers, executor, scheduler, force, quiet):
+    """Compare routers on SCENARIO with common random numbers: mean and tail latency with 95% CIs; resumable."""
     from .experiments import compare as run_compare
+    from .outputs import check_out
 
+    if out is not None:
+        check_out(out)
     s = _load(scenario, overrides)
     seed_list = [int(x) for x in seeds.split(",")] if "," in seeds else int(seeds)
     result = run_compare(
         s, _router_list(routers), seed_list, out=out, workers=workers, progress=not quiet,
-        executor=executor, scheduler=scheduler,
+        executor=executor, scheduler=scheduler, force=force,
     )  # fmt: skip
     click.echo(result.format_table())
     if out:
@@ -346,7 +360,9 @@ def compare(scenario, routers, seeds, overrides, out, workers, executor, schedul
 def sweep(spec, out, workers, executor, scheduler, quiet):
     """Run the sweep in SPEC (a TOML grid of keys, routers, seeds, job scales); resumable."""
     from .experiments import sweep as run_sweep
+    from .outputs import check_out
 
+    check_out(out)
     table = run_sweep(spec, out, workers=workers, executor=executor, scheduler=scheduler, progress=not quiet)
     click.echo(f"{len(table)} runs; results in {Path(out) / 'results.parquet'}")
 
@@ -359,14 +375,18 @@ def sweep(spec, out, workers, executor, scheduler, quiet):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @user_errors
-def fluid(scenario, router, horizon, dt, overrides, out, quiet):
+def fluid(scenario, router, horizon, dt, overrides, out, quiet, force):
     """Integrate the fluid model of SCENARIO: timeseries.parquet and routing.parquet, as `lbsim run`."""
     from .fluid import fluid as integrate
+    from .outputs import check_fresh
 
-    s = _load(scenario, _router_switch(scenario, router, overrides))
+    applied = _router_switch(scenario, router, overrides)
+    s = _load(scenario, applied)
+    check_fresh(out, force)
     result = integrate(s, horizon=horizon, dt=dt, progress=not quiet)
-    result.write(out)
+    result.write(out, overrides=applied, force=force)
     for key, value in result.summary().items():
         if not isinstance(value, (list, dict)):
             click.echo(f"{key:<24} {value}")
@@ -383,12 +403,15 @@ def fluid(scenario, router, horizon, dt, overrides, out, quiet):
 @click.option("--workers", type=int, default=1, show_default=True, help="parallel runs")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
 @click.option("--scheduler", help="dask scheduler address (default: a LocalCluster of --workers)")
+@click.option("--force", is_flag=True, help="replace an --out that holds another command's output")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @user_errors
-def scaling(scenario, router, scales, seeds, overrides, out, workers, executor, scheduler, quiet):
+def scaling(scenario, router, scales, seeds, overrides, out, workers, executor, scheduler, force, quiet):
     """Job-size scaling: distance between simulated loads and the fluid model as job_scale shrinks; resumable."""
+    from .outputs import check_out
     from .scaling import scaling as study
 
+    check_out(out)
     s = _load(scenario, _router_switch(scenario, router, overrides))
     try:
         scale_list = [float(x) for x in scales.split(",")]
@@ -396,7 +419,7 @@ def scaling(scenario, router, scales, seeds, overrides, out, workers, executor, 
         raise ScenarioError("--scales", f"must be comma-separated numbers, got {scales!r}") from None
     result = study(
         s, s.router.name, scale_list, seeds, out=out, progress=not quiet, workers=workers,
-        executor=executor, scheduler=scheduler,
+        executor=executor, scheduler=scheduler, force=force,
     )  # fmt: skip
     click.echo(result.format_table())
     click.echo(f"wrote {Path(out)}/")

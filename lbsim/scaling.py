@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ScenarioError
-from .files import write_json, write_parquet
+from .files import atomic_write, write_json, write_parquet
 from .fluid import FluidResult, fluid
 
 if TYPE_CHECKING:  # pandas loads on first use: importing lbsim stays quick
@@ -139,13 +139,13 @@ class ScalingResult:
 
         title = f"{self.scenario.name}, {self.router}"
         figure = plots.scaling_distances(self.runs, self.fits, METRICS, title=f"{title}: stochastic vs fluid")
-        figure.savefig(out / "scaling.png", dpi=120)
+        atomic_write(out / "scaling.png", lambda p: figure.savefig(p, format="png", dpi=120))
         names = [self.scenario.backend_label(j) for j in range(self.scenario.num_backends)]
         figure = plots.scaling_trajectories(
             self.trajectories, list(self.table["scale"]), backends=self.backends_shown, names=names,
             title=f"{title}: stochastic (solid) vs fluid (dashed)", figsize=(7.5, 1.9 * len(self.table) + 0.6),
         )  # fmt: skip
-        figure.savefig(out / "trajectories.png", dpi=120)
+        atomic_write(out / "trajectories.png", lambda p: figure.savefig(p, format="png", dpi=120))
         return out
 
 
@@ -162,6 +162,7 @@ def scaling(
     scheduler: Any = None,
     backends_shown: Sequence[int] | None = None,
     fluid_options: dict[str, Any] | None = None,
+    force: bool = False,
     **router_params,
 ) -> ScalingResult:
     """Simulate ``scenario`` at each job scale on seeds ``1..seeds`` and measure the distance to the fluid model.
@@ -171,7 +172,10 @@ def scaling(
     to all scales) or a list. ``out``: keep every finished run in ``out/runs``
     (a rerun reuses them) and write the tables and figures there
     (:meth:`ScalingResult.write`). ``progress``: a progress bar over runs (on
-    stderr); the table is :meth:`ScalingResult.format_table`. ``workers``,
+    stderr, on a terminal; its ETA weighs runs by their expected job count);
+    the table is :meth:`ScalingResult.format_table`.
+    ``force``: replace an ``out`` that holds another command's output (without
+    it, such an ``out`` is refused; the same study's is resumed). ``workers``,
     ``executor`` (``"local"`` or ``"dask"``) and ``scheduler``: where the
     runs go, as for :func:`lbsim.experiments.sweep` (results do not depend
     on it). ``backends_shown``: the backends drawn in ``trajectories.png``
@@ -180,9 +184,10 @@ def scaling(
     """
     import pandas as pd
 
-    from .experiments.executors import check_executor, execute
+    from .experiments.executors import check_executor, execute, run_cost
     from .experiments.specs import config_key
     from .experiments.store import RunStore
+    from .outputs import experiment_directory
 
     scales = [float(s) for s in scales]
     if not scales or any(not (s > 0 and math.isfinite(s)) for s in scales):
@@ -216,7 +221,19 @@ def scaling(
             }
             payload = (at_scale, name, seed, kept, router_params)
             runs.append((config_key(config), {"scale": scale, "seed": seed}, config, payload))
-    store = RunStore(Path(out) / "runs") if out is not None else None
+    store = None
+    if out is not None:
+        command = {
+            "command": "scaling",
+            "scenario": base.to_dict(),
+            "router": name,
+            "router_params": dict(router_params),
+            "scales": scales,
+            "seeds": seed_list,
+            "fluid_options": dict(fluid_options or {}),
+            "backends_shown": shown,
+        }
+        store = RunStore(experiment_directory(out, command, force) / "runs")
     records = store.finished(key for key, *_ in runs) if store is not None else {}
     by_key = {key: (params, config) for key, params, config, _ in runs}
 
@@ -246,6 +263,7 @@ def scaling(
         progress=progress,
         total=len(runs),
         desc=f"scaling {name}",
+        weights={key: run_cost(payload[0]) for key, _, _, payload in runs} if progress else None,
     )
     rows = [records[key]["summary"] for key, *_ in runs]
     trajectories = [

@@ -447,7 +447,9 @@ def test_tables_have_the_simulator_shapes_and_files_are_written(tmp_path):
     np.testing.assert_allclose(res.split.sum(axis=2), 1.0, rtol=0, atol=1e-12)
     np.testing.assert_allclose(res.timeseries["jobs"], res.timeseries["load"] / sc.mean_size)
     res.write(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["routing.parquet", "summary.json", "timeseries.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "routing.parquet", "scenario.toml", "summary.json", "timeseries.parquet",
+    ]  # fmt: skip
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "timeseries.parquet"), res.timeseries)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["router"] == "dgdlb" and len(summary["final_load"]) == 3

@@ -168,10 +168,10 @@ def test_same_seed_gives_byte_identical_outputs(tmp_path):
     first = _written(lbsim.simulate(s), tmp_path / "a")
     second = _written(lbsim.simulate(s), tmp_path / "b")
     eager = _written(Simulation(s, lazy=False).run(), tmp_path / "c")
-    assert set(first) == {"jobs.parquet", "timeseries.parquet", "routing.parquet", "summary.json"}
+    assert set(first) == {"jobs.parquet", "timeseries.parquet", "routing.parquet", "summary.json", "scenario.toml"}
     assert set(first) == set(second) == set(eager)
     for name in first:
-        if name.endswith(".parquet"):
+        if name.endswith((".parquet", ".toml")):
             assert first[name] == second[name] == eager[name], f"{name} differs between runs"
     assert _model_summary(first["summary.json"]) == _model_summary(second["summary.json"])
     assert _model_summary(first["summary.json"]) == _model_summary(eager["summary.json"])

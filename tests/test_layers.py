@@ -15,7 +15,7 @@ import lbsim
 
 LAYERS: list[set[str]] = [
     {"errors", "files", "events", "jobs", "simplex", "stats", "threads"},
-    {"registry", "examples"},
+    {"registry", "examples", "outputs"},
     {"rates", "view", "overload"},
     {"distributions", "optimum"},
     {"llm"},

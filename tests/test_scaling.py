@@ -45,7 +45,7 @@ def test_scaling_tables_files_and_reproducibility(tmp_path):
     sc = burst(horizon=12.0)
     result = scaling(sc, scales=(1.0, 0.1), seeds=2, out=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "runs", "runs.parquet", "scaling.json", "scaling.parquet", "scaling.png", "trajectories.png",
+        "command.json", "runs", "runs.parquet", "scaling.json", "scaling.parquet", "scaling.png", "trajectories.png",
     ]  # fmt: skip
     runs = pd.read_parquet(tmp_path / "runs.parquet")
     assert list(runs[["scale", "seed"]].itertuples(index=False, name=None)) == [(1.0, 1), (1.0, 2), (0.1, 1), (0.1, 2)]
@@ -103,11 +103,19 @@ def test_interrupted_scaling_resumes_from_its_finished_runs(tmp_path, monkeypatc
     sc = burst(horizon=12.0)
     clean = scaling(sc, scales=(1.0, 0.1), seeds=2, progress=False)
     out = tmp_path / "study"
-    scaling(sc, scales=(1.0,), seeds=2, out=out, progress=False)  # the part that finished before the stop
+    real_run = scaling_module._scaling_run
+
+    def stopped_run(payload):  # Ctrl-C once the first scale's runs have finished
+        if payload[0].simulation.job_scale != 1.0:
+            raise KeyboardInterrupt
+        return real_run(payload)
+
+    monkeypatch.setattr(scaling_module, "_scaling_run", stopped_run)
+    with pytest.raises(KeyboardInterrupt):
+        scaling(sc, scales=(1.0, 0.1), seeds=2, out=out, progress=False)
     assert len(list((out / "runs").glob("*.json"))) == 2
 
     ran = []
-    real_run = scaling_module._scaling_run
 
     def counting_run(payload):
         ran.append(payload[:3])
@@ -126,9 +134,11 @@ def test_interrupted_scaling_resumes_from_its_finished_runs(tmp_path, monkeypatc
     assert ran == []
     same_study(again, resumed, machine=True)
     assert again.format_table() == resumed.format_table()
-    # another router parameter is another run: nothing is reused for it
-    other = scaling(sc, scales=(1.0,), seeds=1, out=out, progress=False, step=0.05)
-    assert len(ran) == 1 and len(other.runs) == 1
+    # another command into the same directory is refused; with force it starts afresh
+    with pytest.raises(lbsim.ScenarioError):
+        scaling(sc, scales=(1.0,), seeds=1, out=out, progress=False, step=0.05)
+    other = scaling(sc, scales=(1.0,), seeds=1, out=out, progress=False, step=0.05, force=True)
+    assert len(ran) == 1 and len(other.runs) == 1 and len(list((out / "runs").glob("*.json"))) == 1
 
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..files import write_json, write_parquet
+from ..files import write_json, write_parquet, write_toml
+from ..outputs import lbsim_version, output_directory
 
 #: summary fields that measure the machine, not the model: excluded from reproducibility checks
 TIMING_FIELDS = ("wall_seconds", "jobs_per_second")
@@ -42,6 +45,8 @@ class Result:
     engine_figures: dict[str, Any] = field(default_factory=dict, repr=False)
     #: work units per second the backends served in [warm-up, horizon], jobs finished or not
     served: float = float("nan")
+    #: the router's parameters with every default filled in (provenance, in the summary)
+    router_params: dict[str, Any] = field(default_factory=dict, repr=False)
     _summary: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
@@ -89,6 +94,7 @@ class Result:
             steps=steps,
             engine_figures=figures,
             served=served,
+            router_params=sim.router.params.model_dump(mode="json"),
         )
 
     @classmethod
@@ -118,6 +124,7 @@ class Result:
             "mode": "saturated",
             "seed": seed,
             "admission": scenario.backends[0].params.admission.name,
+            "lbsim_version": lbsim_version(),
             **counts,
             "wall_seconds": round(wall_seconds, 6),
         }
@@ -145,7 +152,9 @@ class Result:
         summary: dict[str, Any] = {
             "scenario": self.scenario.name,
             "router": self.router,
+            "router_params": self.router_params,
             "seed": self.seed,
+            "lbsim_version": lbsim_version(),
             "job_scale": sim.job_scale,
             "horizon": sim.horizon,
             "warmup": sim.warmup,
@@ -160,7 +169,7 @@ class Result:
             "throughput": m.work_landed / window if window > 0 else nan,
             "served": self.served,
             "throughput_jobs": m.jobs_landed / window if window > 0 else nan,
-            "offered_load": float(self.scenario.demand.sum()),
+            "offered_load": offered_load(self.scenario),
             "wall_seconds": round(self.wall_seconds, 6),
             "jobs_per_second": round(self.counts["jobs_arrived"] / self.wall_seconds, 1)
             if self.wall_seconds > 0
@@ -170,10 +179,33 @@ class Result:
         self._summary = summary
         return summary
 
-    def write(self, out: str | Path) -> Path:
-        """Write jobs/timeseries/(routing).parquet and summary.json; each file appears whole or not at all."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+    def resolved_scenario(self) -> dict[str, Any]:
+        """What ``scenario.toml`` holds: the scenario run, every default filled in, the router it ran.
+
+        ``Scenario.from_dict`` of it runs the same simulation (with ``seed``).
+        """
+        data = self.scenario.to_dict()
+        data["simulation"]["seed"] = self.seed
+        if self.router:  # the router it ran, which simulate(router=...) may have chosen over the scenario's
+            data["router"] = {"name": self.router, **self.router_params}
+        return data
+
+    def write(self, out: str | Path, *, overrides: Sequence[str] = (), force: bool = False) -> Path:
+        """Write the run's tables, ``summary.json`` and ``scenario.toml`` into ``out``, whole or not at all.
+
+        Everything goes into a fresh temporary sibling that is moved into
+        place at the end (:func:`lbsim.outputs.output_directory`): a non-empty
+        ``out`` is refused unless ``force`` replaces it whole. ``overrides``
+        (the ``--set`` strings the scenario was loaded with) are recorded in
+        ``summary.json``; ``scenario.toml`` is the resolved scenario, every
+        default filled in and every override applied.
+        """
+        with output_directory(out, force) as tmp:
+            self.write_into(tmp, overrides=overrides)
+        return Path(out)
+
+    def write_into(self, directory: Path, *, overrides: Sequence[str] = ()) -> None:
+        """The files of :meth:`write`, each atomic, into an existing ``directory`` (nothing else is touched)."""
         tables = {"jobs": self.jobs, "timeseries": self.timeseries}
         if not self.scenario.simulation.record_jobs:
             del tables["jobs"]
@@ -182,9 +214,52 @@ class Result:
         if len(self.steps):
             tables["steps"] = self.steps
         for name, frame in tables.items():
-            write_parquet(out / f"{name}.parquet", frame)
-        write_json(out / "summary.json", self.summary())
-        return out
+            write_parquet(directory / f"{name}.parquet", frame)
+        write_toml(directory / "scenario.toml", self.resolved_scenario())
+        write_json(directory / "summary.json", {**self.summary(), "overrides": list(overrides)})
+
+
+def offered_load(scenario: Any, start: float | None = None, end: float | None = None) -> float:
+    """The demand offered on average over the measurement window ``[start, end]`` (work units/s).
+
+    ``(1 / (end - start)) * sum_i lambda_i * integral_start^end m(t) m_i(t) dt`` where
+    ``m`` is ``simulation.rate_schedule`` and ``m_i`` frontend i's own
+    ``rate_schedule`` (each 1 before its first breakpoint, docs/model.md
+    section 1); by default the window is ``[warmup, horizon]``. A trace
+    frontend offers its trace's rate (schedules do not apply to traces).
+    """
+    from .simulation import combine_schedules
+
+    sim = scenario.simulation
+    start = sim.warmup if start is None else start
+    end = sim.horizon if end is None else end
+    total = 0.0
+    for frontend in scenario.frontends:
+        if frontend.trace is not None:
+            total += frontend.demand
+            continue
+        schedule = combine_schedules(sim.rate_schedule, frontend.rate_schedule)
+        total += frontend.demand * mean_multiplier(schedule, start, end)
+    return float(total)
+
+
+def mean_multiplier(schedule: Sequence[tuple[float, float]] | None, start: float, end: float) -> float:
+    """Time average over ``[start, end]`` of a piecewise-constant multiplier (1 before its first breakpoint)."""
+    if not schedule:
+        return 1.0
+    if end <= start:  # an empty window: the multiplier in force at start
+        return _multiplier_at(schedule, start)
+    breaks = [start] + [t for t, _ in schedule if start < t < end] + [end]
+    area = sum((b - a) * _multiplier_at(schedule, a) for a, b in itertools.pairwise(breaks))
+    return area / (end - start)
+
+
+def _multiplier_at(schedule: Sequence[tuple[float, float]], t: float) -> float:
+    value = 1.0
+    for start, m in schedule:
+        if start <= t:
+            value = m
+    return value
 
 
 def _model_outputs(sim: Any, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:

@@ -14,6 +14,7 @@ says little, and these two columns say what happened to the rest.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -26,10 +27,12 @@ import pandas as pd
 
 from ..engine import simulate
 from ..files import atomic_write, write_parquet, write_text
+from ..outputs import experiment_directory
 from ..scenario import Scenario, load_scenario
 from ..stats import QUANTILE_NAMES, mean_ci, summarize
-from .executors import check_executor, execute
+from .executors import check_executor, config_costs, execute
 from .specs import SweepSpec, _routers, _seeds, expand
+from .store import RunStore
 
 __all__ = ["JOB_COLUMNS", "Comparison", "compare", "format_comparison", "queue_growth"]
 
@@ -155,6 +158,7 @@ def compare(
     *,
     executor: str = "local",
     scheduler: Any = None,
+    force: bool = False,
 ) -> Comparison:
     """Run every router on the same seeds and compare their latency (see :class:`Comparison`).
 
@@ -163,8 +167,14 @@ def compare(
     count (from ``simulation.seed`` on) or a list. Mean and quantiles get
     95% intervals across seeds (replications, :func:`lbsim.stats.summarize`).
     With ``out``, writes ``comparison.parquet``, ``comparison.csv``,
-    ``runs.parquet`` and ``latency_ccdf.png`` there. With ``progress``, shows
-    a progress bar (on stderr); the table is ``str(comparison)``.
+    ``runs.parquet`` and ``latency_ccdf.png`` there, each atomically, and
+    keeps every finished run in ``out/runs`` (its summary and measured jobs,
+    :class:`~lbsim.experiments.store.RunStore`), so the same comparison run
+    again, after Ctrl-C or ``kill -9``, reuses them and runs only the rest;
+    an ``out`` that holds another command's output is refused unless
+    ``force`` (:func:`lbsim.outputs.experiment_directory`). With
+    ``progress``, shows a progress bar (on stderr, on a terminal); the table
+    is ``str(comparison)``.
     """
     check_executor(workers, executor, scheduler)
     if not isinstance(scenario, Scenario):
@@ -172,17 +182,38 @@ def compare(
     base = scenario.to_dict()
     spec = SweepSpec(base, _routers(list(routers)), _seeds(seeds, scenario.simulation.seed))
     runs = expand(spec)
+    by_key = {run.key: run for run in runs}
     results: dict[str, dict[str, Any]] = {}
+    store = None
+    if out is not None:
+        command = {
+            "command": "compare",
+            "scenario": base,
+            "routers": [r.label for r in spec.routers],
+            "seeds": spec.seeds,
+        }
+        store = RunStore(experiment_directory(out, command, force) / "runs")
+        for key, record in store.finished(by_key).items():
+            jobs = store.table(key, "jobs")
+            results[key] = {"summary": record["summary"], "jobs": {c: jobs[c].to_numpy() for c in JOB_COLUMNS}}
+
+    def save(key: str, outcome: dict[str, Any]) -> None:
+        if store is not None:
+            run = by_key[key]
+            store.save(key, run.params, outcome["summary"], run.config, tables={"jobs": pd.DataFrame(outcome["jobs"])})
+        results[key] = outcome
+
     execute(
         _run_with_jobs,
-        [(run.key, run.config) for run in runs],
-        results.__setitem__,
+        [(run.key, run.config) for run in runs if run.key not in results],
+        save,
         workers=workers,
         executor=executor,
         scheduler=scheduler,
         progress=progress,
         total=len(runs),
         desc="compare",
+        weights=config_costs({run.key: run.config for run in runs}) if progress else None,
     )
 
     run_rows = [
@@ -191,6 +222,8 @@ def compare(
         for run in runs
     ]
     runs_table = pd.DataFrame(run_rows)
+    if "router_params" in runs_table:  # a table per run: JSON text in parquet
+        runs_table["router_params"] = [json.dumps(p, sort_keys=True) for p in runs_table["router_params"]]
     jobs = pd.concat(
         [
             pd.DataFrame({"router": run.params["router"], "seed": run.params["seed"], **results[run.key]["jobs"]})
@@ -292,7 +325,6 @@ def _with_interval(estimate: float, low: float, high: float, digits: int = 4) ->
 
 
 def _write_comparison(comparison: Comparison, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
     write_parquet(out / "comparison.parquet", comparison.table)
     write_text(out / "comparison.csv", comparison.table.to_csv(index=False))
     write_parquet(out / "runs.parquet", comparison.runs)

@@ -38,15 +38,15 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 from ..errors import ScenarioError, unknown
+from ..files import process_alive
 
-__all__ = ["EXECUTORS", "check_executor", "execute", "map_ordered", "process_alive"]
+__all__ = ["EXECUTORS", "check_executor", "config_costs", "execute", "map_ordered", "process_alive", "run_cost"]
 
 EXECUTORS = ("local", "dask")
 
@@ -59,6 +59,10 @@ def check_executor(workers: int, executor: str, scheduler: Any) -> None:
         raise ScenarioError("executor", unknown("executor", str(executor), EXECUTORS))
     if scheduler is not None and executor != "dask":
         raise ScenarioError("scheduler", "only used with executor 'dask'")
+    if scheduler is not None and workers != 1:
+        raise ScenarioError(
+            "workers", "the cluster at --scheduler brings its own workers: drop --workers (it sizes a LocalCluster)"
+        )
 
 
 def execute(
@@ -72,20 +76,38 @@ def execute(
     progress: bool = False,
     total: int | None = None,
     desc: str = "runs",
+    weights: Mapping[str, float] | None = None,
 ) -> None:
     """Run ``function(payload)`` for every ``(key, payload)`` and hand each result to ``on_result`` as it lands.
 
-    ``progress`` shows a bar (on stderr) of ``total`` runs, of which
-    ``total - len(tasks)`` are already done (a resumed sweep). ``function``
-    must be importable by name (a module-level function) for the pool and dask.
+    ``progress`` shows a bar (on stderr, and only on a terminal: piped to a
+    log it stays silent) of ``total`` runs, of which ``total - len(tasks)``
+    are already done (a resumed sweep). ``weights`` (every run's expected
+    cost by key, done ones included: :func:`run_cost`) make the bar's
+    percentage and ETA count work rather than runs, so a run at job scale
+    0.001 weighs a thousand runs at 1. ``function`` must be importable by
+    name (a module-level function) for the pool and dask.
     """
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     check_executor(workers, executor, scheduler)
     total = len(tasks) if total is None else total
+    done = total - len(tasks)
+    pending = {key for key, _ in tasks}
+    weight = dict(weights) if weights is not None and pending <= set(weights) else None
     bar = tqdm(
-        total=total, initial=total - len(tasks), desc=desc, unit="run", disable=not progress, dynamic_ncols=True
+        total=sum(weight.values()) if weight is not None else total,
+        initial=sum(w for k, w in weight.items() if k not in pending) if weight is not None else done,
+        desc=desc,
+        unit="run",
+        disable=None if progress else True,  # None: off when stderr is not a terminal
+        dynamic_ncols=True,
+        bar_format=(
+            "{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]" if weight is not None else None
+        ),
     )
+    if weight is not None:
+        bar.set_postfix_str(f"{done}/{total} runs", refresh=False)
     try:
         if not tasks:
             return
@@ -99,9 +121,32 @@ def execute(
         with closing(results):
             for key, result in results:
                 on_result(key, result)
-                bar.update()
+                done += 1
+                if weight is not None:
+                    bar.set_postfix_str(f"{done}/{total} runs", refresh=False)
+                bar.update(weight[key] if weight is not None else 1)
     finally:
         bar.close()
+
+
+def run_cost(scenario: Any) -> float:
+    """A run's expected cost: its expected number of jobs, ``horizon * offered load / sbar``.
+
+    The offered load is averaged over the whole run ``[0, horizon]`` (rate
+    schedules included, :func:`lbsim.engine.result.offered_load`); the
+    simulator's cost is close to linear in the jobs it moves.
+    """
+    from ..engine.result import offered_load
+
+    sim = scenario.simulation
+    return max(offered_load(scenario, 0.0, sim.horizon) * sim.horizon / scenario.mean_size, 1.0)
+
+
+def config_costs(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """:func:`run_cost` of each resolved scenario dict, by key."""
+    from ..scenario import Scenario
+
+    return {key: run_cost(Scenario.from_dict(config)) for key, config in configs.items()}
 
 
 def map_ordered(
@@ -169,20 +214,6 @@ def _start_worker(parent: int) -> None:
     threading.Thread(target=watch, name="lbsim-watch-parent", daemon=True).start()
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, killed but not yet reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, Any], None, None]:
     try:
         from distributed import Client, LocalCluster
@@ -196,15 +227,16 @@ def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, A
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,  # a task's error comes back through its future; the rest is noise
         )
         client = Client(cluster)
     elif isinstance(scheduler, str):
-        client = Client(scheduler)
+        client = _connect(Client, scheduler)
     else:  # an existing Client: the caller owns it
         client = scheduler
     futures = []
     try:
+        _check_worker_versions(client)
         # The key names the function too: a sweep and a comparison may share a configuration.
         prefix = f"lbsim-{function.__name__.strip('_')}-"
         futures = [client.submit(function, payload, key=prefix + key, pure=False) for key, payload in tasks]
@@ -219,6 +251,38 @@ def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, A
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+#: seconds to wait for a dask scheduler before saying it cannot be reached
+CONNECT_TIMEOUT = 5.0
+
+
+def _connect(client_class: Any, address: str) -> Any:
+    """A client of the scheduler at ``address``, or one line saying it cannot be reached (in seconds, not minutes)."""
+    try:
+        return client_class(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ScenarioError(
+            "scheduler", f"cannot reach a dask scheduler at {address} within {CONNECT_TIMEOUT:g} s ({reason})"
+        ) from None
+
+
+def worker_version() -> str:
+    """The lbsim version a dask worker runs (sent to the workers by :func:`_check_worker_versions`)."""
+    import lbsim
+
+    return str(lbsim.__version__)
+
+
+def _check_worker_versions(client: Any) -> None:
+    """Refuse a cluster whose workers run another lbsim: their numbers would not be this version's."""
+    from ..outputs import lbsim_version
+
+    ours = lbsim_version()
+    for address, theirs in sorted(client.run(worker_version).items()):
+        if theirs != ours:
+            raise ScenarioError("scheduler", f"the worker at {address} runs lbsim {theirs}, this is lbsim {ours}")
 
 
 def _result(future, key: str) -> Any:

@@ -24,8 +24,10 @@ seeds after it, so ``seeds = 1`` reproduces ``lbsim run``.
 
 **Outputs of a sweep** (``out/``):
 
-- ``runs/<key>.json``: one file per run, its summary, its sweep coordinates
-  and its full configuration (:class:`~lbsim.experiments.store.RunStore`).
+- ``runs/<key>.json``: one file per run, its summary, its sweep coordinates,
+  its full configuration and the lbsim version that ran it
+  (:class:`~lbsim.experiments.store.RunStore`; resuming with another
+  version's runs is refused, never mixed).
   ``key`` is a short sha256 of the canonical configuration (the resolved
   scenario, router and seed included), so a run is identified by what it
   computes. Files appear whole, so re-running a sweep after a crash or
@@ -33,7 +35,7 @@ seeds after it, so ``seeds = 1`` reproduces ``lbsim run``.
 - ``results.parquet``: one row per run, in the order of the expansion (grid
   points, first key slowest, then job scale, router, seed): ``key``, a
   column per grid key, ``job_scale``, ``router``, ``seed``, then the summary
-  fields except the timing ones;
+  fields except the timing ones (``router_params`` as JSON text);
 - ``timings.parquet``: ``key`` and the timing fields (``wall_seconds``,
   ``jobs_per_second``), which measure the machine, not the model.
 """
@@ -52,7 +54,7 @@ from ..engine import simulate
 from ..engine.result import TIMING_FIELDS
 from ..files import write_parquet
 from ..scenario import Scenario
-from .executors import check_executor, execute
+from .executors import check_executor, config_costs, execute
 from .specs import Run, expand, load_sweep
 from .store import RunStore
 
@@ -110,6 +112,7 @@ def sweep(
         progress=progress,
         total=len(runs),
         desc="sweep",
+        weights=config_costs({run.key: run.config for run in runs}) if progress else None,
     )
     results, timings = _tables(runs, records)
     write_parquet(out / "results.parquet", results)
@@ -126,6 +129,9 @@ def _tables(runs: Sequence[Run], records: Mapping[str, dict[str, Any]]) -> tuple
     results = pd.DataFrame(rows)
     for column in runs[0].params if runs else ():
         results[column] = _column(results[column])
+    for column in results.columns:  # summary fields that are tables (router_params): JSON text
+        if results[column].dtype == object and any(isinstance(v, (dict, list)) for v in results[column]):
+            results[column] = [json.dumps(v, sort_keys=True) for v in results[column]]
     return results, pd.DataFrame(timing_rows, columns=["key", *TIMING_FIELDS])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..files import write_json, write_parquet
+from ..files import write_json, write_parquet, write_toml
+from ..outputs import lbsim_version, output_directory
 
 if TYPE_CHECKING:  # pandas loads on first use: importing lbsim stays quick
     import pandas as pd
@@ -134,14 +136,20 @@ class FluidResult:
             "wall_seconds": round(self.wall_seconds, 6),
         }
 
-    def write(self, out: str | Path) -> Path:
-        """``timeseries.parquet``, ``routing.parquet`` (if the split was recorded) and ``summary.json``, atomically."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        tables = {"timeseries": self.timeseries}
-        if self.split is not None:
-            tables["routing"] = self.routing
-        for name, frame in tables.items():
-            write_parquet(out / f"{name}.parquet", frame)
-        write_json(out / "summary.json", self.summary())
-        return out
+    def write(self, out: str | Path, *, overrides: Sequence[str] = (), force: bool = False) -> Path:
+        """``timeseries.parquet``, ``routing.parquet`` (if the split was recorded), ``summary.json`` and
+        ``scenario.toml``, into a directory that appears whole (:func:`lbsim.outputs.output_directory`:
+        a non-empty ``out`` is refused unless ``force`` replaces it). ``summary.json`` also records the
+        lbsim version and ``overrides`` (the ``--set`` strings of the command)."""
+        with output_directory(out, force) as tmp:
+            tables = {"timeseries": self.timeseries}
+            if self.split is not None:
+                tables["routing"] = self.routing
+            for name, frame in tables.items():
+                write_parquet(tmp / f"{name}.parquet", frame)
+            scenario = self.scenario.to_dict()
+            scenario["router"] = {"name": self.router, **self.params}
+            write_toml(tmp / "scenario.toml", scenario)
+            provenance = {"lbsim_version": lbsim_version(), "overrides": list(overrides)}
+            write_json(tmp / "summary.json", {**self.summary(), **provenance})
+        return Path(out)
