@@ -16,18 +16,34 @@ import warnings
 from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .backends import DEFAULT_MODEL, BackendModel, Workload, backend_class
 from .distributions import DISTRIBUTIONS, Distribution, make_distribution
 from .errors import ScenarioError, unknown
+from .registry import check_finite, first_error
 from .llm.tokens import TokenMoments, TokenWorkload, make_tokens, read_arrival_trace
 from .rates import RateFamily
 
 TELEMETRY_MODES = ("delayed", "periodic", "instant", "none")
+
+#: the largest seed: the output tables (summary, runs.parquet) store seeds as int64
+MAX_SEED = 2**63 - 1
+#: the most time steps a run may take of a fixed period (samples, telemetry reports, router ticks):
+#: more would record or compute for longer than anyone waits, so it is refused at load
+MAX_TICKS = 10**8
 
 
 class CapacityWarning(UserWarning):
@@ -35,10 +51,19 @@ class CapacityWarning(UserWarning):
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    # strict: a TOML string, boolean or float is never read as a number, flag or integer
+    # (``rate = "2.0"``, ``horizon = true``, ``record_jobs = "no"``); an integer is a float
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, arbitrary_types_allowed=True, strict=True, allow_inf_nan=False
+    )
 
 
-Schedule = list[tuple[float, float]]
+def _pair(value: Any) -> Any:
+    """A TOML array ``[t, m]`` as the tuple it is stored as (strict mode takes no list for a tuple)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+Schedule = list[Annotated[tuple[float, float], BeforeValidator(_pair)]]
 
 
 def _check_schedule(schedule: Schedule | None, what: str) -> Schedule | None:
@@ -60,7 +85,7 @@ def _check_schedule(schedule: Schedule | None, what: str) -> Schedule | None:
 class SimulationTable(_Table):
     horizon: float = Field(2000.0, gt=0, description="seconds of simulated time")
     warmup: float = Field(200.0, ge=0, description="statistics ignore jobs that arrive before this")
-    seed: int = Field(1, ge=0, description="master seed; every subsystem spawns its own stream")
+    seed: int = Field(1, ge=0, le=MAX_SEED, description="master seed; every subsystem spawns its own stream")
     job_scale: float = Field(1.0, gt=0, description="jobs are job_scale * X, X of mean size_mean")
     sample_interval: float = Field(1.0, gt=0, description="period of the time series")
     rate_schedule: Schedule | None = Field(
@@ -248,12 +273,34 @@ class BackendTable(_Table):
         return data
 
 
+class JitterTable(_Table):
+    """Extra one-way delay per traversal: a distribution ``kind`` of mean ``mean``, its shape parameters beside it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str | None = Field(None, description="distribution (lbsim distributions lists them)")
+    mean: float | None = Field(None, gt=0, description="mean extra delay (s)")
+
+    @model_validator(mode="after")
+    def _required(self):
+        if self.kind is None:
+            raise ScenarioError("kind", "missing (e.g. 'exponential')")
+        if self.mean is None:
+            raise ScenarioError("mean", "required: the mean extra delay (s), must be > 0")
+        return self
+
+    @cached_property
+    def distribution(self) -> Distribution:
+        """The shape, drawn with mean :attr:`mean` (errors name ``network.jitter.<param>``)."""
+        DISTRIBUTIONS.lookup(self.kind, "network.jitter.kind")
+        return make_distribution(str(self.kind), dict(self.model_extra or {}), "network.jitter", field="kind")
+
+
 class NetworkTable(_Table):
     delay: list[list[float]] | float = Field(0.0, description="F x B one-way delays d_ij (s), or one number for all")
     connect: list[list[bool]] | None = Field(None, description="F x B: may frontend i use backend j (default all)")
     telemetry: Literal["delayed", "periodic", "instant", "none"] = "delayed"
     period: float = Field(1.0, gt=0, description="periodic telemetry: report interval (s)")
-    jitter: dict[str, Any] | None = Field(
+    jitter: JitterTable | None = Field(
         None, description="extra one-way delay per traversal, e.g. {kind='exponential', mean=0.002}"
     )
 
@@ -288,14 +335,7 @@ class NetworkTable(_Table):
     def jitter_distribution(self) -> tuple[Distribution, float] | None:
         if self.jitter is None:
             return None
-        spec = dict(self.jitter)
-        if "kind" not in spec:
-            raise ScenarioError("network.jitter.kind", "missing (e.g. 'exponential')")
-        kind = spec.pop("kind")
-        mean = spec.pop("mean", None)
-        if mean is None or not (mean > 0):
-            raise ScenarioError("network.jitter.mean", f"must be > 0, got {mean}")
-        return make_distribution(kind, spec, "network.jitter"), float(mean)
+        return self.jitter.distribution, float(self.jitter.mean)  # type: ignore[arg-type]
 
 
 class RouterTable(_Table):
@@ -394,6 +434,14 @@ class Scenario(_Table):
         """sbar = job_scale * size_mean: the mean job size."""
         return self.simulation.job_scale * self.jobs.mean
 
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, data: Any) -> Any:
+        # One rule for every number of a scenario, whatever table it sits in (a rate
+        # family's, a router's, a distribution's): finite, or named and refused here.
+        check_finite(data, "")
+        return data
+
     @model_validator(mode="after")
     def _cross_checks(self):
         self._check_mode()
@@ -423,6 +471,7 @@ class Scenario(_Table):
         params = validate_params(self.router.name, self.router.params)
         router = router_class(self.router.name)
         router.check_scenario(params, self)
+        self._check_work(params)
         if router.uses_rates:
             self.rate_functions(f"router '{self.router.name}'")
         for name in ("frontends", "backends"):
@@ -431,6 +480,47 @@ class Scenario(_Table):
                 dup = next(n for n in names if names.count(n) > 1)
                 raise ScenarioError(name, f"duplicate name '{dup}'")
         return self
+
+    def _check_work(self, router_params: BaseModel) -> None:
+        """Refuse a run that could never finish or never produce a result.
+
+        A fixed period (the sampling interval, periodic telemetry's period, a
+        router's tick ``*interval``) so short that the horizon holds more than
+        :data:`MAX_TICKS` of them; and, in open mode, a frontend whose nearest
+        usable backend is a round trip ``2 d_ij`` at least the statistics window
+        ``horizon - warmup`` away, so that no job it sends could complete in it.
+        """
+        sim = self.simulation
+        periods = [("simulation.sample_interval", sim.sample_interval)]
+        if self.network.telemetry == "periodic":
+            periods.append(("network.period", self.network.period))
+        for name, value in router_params:
+            if name.endswith("interval") and isinstance(value, float | int) and value > 0:
+                periods.append((f"router.{name}", float(value)))
+        for key, period in periods:
+            if sim.horizon / period > MAX_TICKS:
+                raise ScenarioError(
+                    key,
+                    f"{sim.horizon:g} s of horizon / {period:g} s = {sim.horizon / period:.3g} steps, more than "
+                    f"{MAX_TICKS:.0e}: the run would never finish (lengthen it, or shorten simulation.horizon)",
+                )
+        if sim.mode != "open":
+            return
+        window = sim.horizon - sim.warmup
+        usable = np.array([self.supremum(j) > 0 for j in range(self.num_backends)])
+        for i in range(self.num_frontends):
+            reachable = np.flatnonzero(self.connect[i] & usable)
+            j = int(reachable[np.argmin(self.delay[i, reachable])])
+            if 2 * self.delay[i, j] >= window:
+                key = self.network.delay_key
+                if not isinstance(self.network.delay, (int, float)):
+                    key += f"[{i}][{j}]"
+                raise ScenarioError(
+                    key,
+                    f"frontend {self.frontend_label(i)}'s nearest backend is a round trip of {2 * self.delay[i, j]:g} s "
+                    f"away, not shorter than horizon - warmup = {window:g} s: no job would complete, got "
+                    f"{self.delay[i, j]:g}",
+                )
 
     def _check_mode(self) -> None:
         """What each mode needs: frontends (open), one llm backend and a finite workload (saturated)."""
@@ -520,7 +610,7 @@ def _format_loc(loc: tuple) -> str:
 
 def _first_error(exc: ValidationError, data: Mapping[str, Any]) -> ScenarioError:
     """Turn pydantic's report into one line naming the key (and the closest valid key)."""
-    err = exc.errors()[0]
+    err = first_error(exc)
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
     key = _format_loc(loc)
     ctx_error = (err.get("ctx") or {}).get("error")
@@ -610,14 +700,25 @@ def apply_override(data: dict, item: str) -> None:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables; anything that keeps it from being read is one :class:`ScenarioError` naming it."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ScenarioError(str(path), "no such file") from None
+    except IsADirectoryError:
+        raise ScenarioError(str(path), "is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ScenarioError(str(path), "permission denied") from None
+    except OSError as exc:
+        raise ScenarioError(str(path), f"cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(str(path), f"not a UTF-8 text file (byte {exc.start}): not TOML") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(str(path), f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ScenarioError(str(path), "not valid TOML: arrays or tables nested too deep") from None
 
 
 def _resolve_files(data: dict[str, Any], folder: Path) -> None:
