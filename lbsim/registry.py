@@ -112,7 +112,7 @@ def check_finite(value: Any, key: str) -> None:
     no field can forget it; the error names the first such key.
     """
     if isinstance(value, float) and not math.isfinite(value):
-        raise ScenarioError(key, f"must be a finite number, got {_format(value)}")
+        raise ScenarioError(key, f"must be finite, got {_format(value)}")
     if isinstance(value, Mapping):
         for k, v in value.items():
             check_finite(v, key_path(key, (str(k),)))

@@ -206,6 +206,13 @@ class AntagonistTable(_Table):
             raise ValueError("must list at least two finite multipliers >= 0")
         return v
 
+    @property
+    def lasting_multiplier(self) -> float:
+        """The multiplier the antagonist leaves for good: a schedule's last, or the largest of the levels."""
+        if self.schedule is not None:
+            return self.schedule[-1][1]
+        return max(self.levels or [0.0])
+
     @model_validator(mode="after")
     def _one_kind(self):
         if (self.schedule is None) == (self.levels is None):
@@ -422,6 +429,17 @@ class Scenario(_Table):
         return float(mu.value(limit)) if math.isfinite(limit) else mu.supremum
 
     @cached_property
+    def usable(self) -> np.ndarray:
+        """Which backends keep a capacity > 0 for good, shape (B,) bool: sup mu_j > 0, and no
+        antagonist that leaves the rate multiplied by 0 (a frontend needs one such backend)."""
+        return np.array(
+            [
+                self.supremum(j) > 0 and (b.antagonist is None or b.antagonist.lasting_multiplier > 0)
+                for j, b in enumerate(self.backends)
+            ]
+        )
+
+    @cached_property
     def workload(self) -> Workload:
         """The jobs as the backend models' rate functions see them (sbar, and token means with jobs.tokens)."""
         m = self.jobs.token_moments
@@ -457,8 +475,7 @@ class Scenario(_Table):
             raise ScenarioError(key, f"must be finite and >= 0, got {lat}")
         if self.network.connect is not None:
             _check_matrix(self.network.connect, F, B, "network.connect")
-        connect = self.connect
-        usable = np.array([self.supremum(j) > 0 for j in range(B)])
+        connect, usable = self.connect, self.usable
         for i in range(F):
             if not (connect[i] & usable).any():
                 raise ScenarioError(f"network.connect[{i}]", f"frontend {self.frontend_label(i)} has no usable backend")
@@ -507,9 +524,8 @@ class Scenario(_Table):
         if sim.mode != "open":
             return
         window = sim.horizon - sim.warmup
-        usable = np.array([self.supremum(j) > 0 for j in range(self.num_backends)])
         for i in range(self.num_frontends):
-            reachable = np.flatnonzero(self.connect[i] & usable)
+            reachable = np.flatnonzero(self.connect[i] & self.usable)
             j = int(reachable[np.argmin(self.delay[i, reachable])])
             if 2 * self.delay[i, j] >= window:
                 key = self.network.delay_key
