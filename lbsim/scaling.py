@@ -184,12 +184,14 @@ def scaling(
     from .experiments.specs import config_key
     from .experiments.store import RunStore
 
-    scales = [float(s) for s in scales]
-    if not scales or any(not (s > 0 and math.isfinite(s)) for s in scales):
-        raise ScenarioError("scales", f"must be positive numbers, got {scales}")
-    seed_list = list(range(1, int(seeds) + 1)) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ScenarioError("seeds", "need at least one seed")
+    from .arguments import check_list, check_positive, check_scenario
+    from .experiments.specs import _seeds
+
+    check_scenario(scenario)
+    scales = [check_positive(s, "scales", optional=False) for s in check_list(scales, "scales")]
+    if not scales:
+        raise ScenarioError("scales", "must list at least one job scale")
+    seed_list = _seeds(int(seeds) if isinstance(seeds, np.integer) else seeds, 1)
     check_executor(workers, executor, scheduler)
     name = router or scenario.router.name
     base = scenario.replace(**{"simulation.record_jobs": False})
