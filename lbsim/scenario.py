@@ -582,8 +582,10 @@ class Scenario(_Table):
     # -- construction ------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], overrides: Iterable[str] = ()) -> Scenario:
+        if not isinstance(data, Mapping):
+            raise ScenarioError("data", f"must be a table (a dict) of scenario keys, got {type(data).__name__}")
         table: dict[str, Any] = copy.deepcopy(dict(data))
-        for item in overrides:
+        for item in _overrides(overrides):
             apply_override(table, item)
         try:
             return cls.model_validate(table)
@@ -604,6 +606,13 @@ class Scenario(_Table):
         if self.network.delay_key == "network.latency":  # keep the spelling it was given in
             data["network"]["latency"] = data["network"].pop("delay")
         return data
+
+
+def _overrides(overrides: Iterable[str]) -> list[str]:
+    """``key.path=value`` strings; one string alone would be read as a list of one-character overrides."""
+    if isinstance(overrides, (str, bytes)) or not all(isinstance(item, str) for item in overrides):
+        raise ScenarioError("overrides", f"must be a list of 'key.path=value' strings, got {overrides!r}")
+    return list(overrides)
 
 
 def _check_matrix(m: list, F: int, B: int, key: str) -> None:
@@ -750,6 +759,7 @@ def _resolve_files(data: dict[str, Any], folder: Path) -> None:
 def load_scenario(path: str | Path, overrides: Iterable[str] = (), *, warn: bool = True) -> Scenario:
     """Load and validate a scenario file; ``overrides`` are ``key.path=value`` strings."""
     data = read_toml(path)
+    overrides = _overrides(overrides)
     data.setdefault("name", Path(path).stem)
     for item in overrides:
         apply_override(data, item)
