@@ -380,7 +380,11 @@ def fluid(scenario, router, horizon, dt, overrides, out):
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--router", help="router (default: the scenario's)")
 @click.option(
-    "--scales", default="1,0.1,0.01,0.001", show_default=True, callback=_scales_option, help="comma-separated job scales"
+    "--scales",
+    default="1,0.1,0.01,0.001",
+    show_default=True,
+    callback=_scales_option,
+    help="comma-separated job scales",
 )
 @click.option("--seeds", type=int, default=4, show_default=True, help="seeds per scale (common across scales)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)

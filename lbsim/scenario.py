@@ -33,9 +33,9 @@ from pydantic import (
 from .backends import DEFAULT_MODEL, BackendModel, Workload, backend_class
 from .distributions import DISTRIBUTIONS, Distribution, make_distribution
 from .errors import ScenarioError, unknown
-from .registry import check_finite, first_error
 from .llm.tokens import TokenMoments, TokenWorkload, make_tokens, read_arrival_trace
 from .rates import RateFamily
+from .registry import check_finite, first_error
 
 TELEMETRY_MODES = ("delayed", "periodic", "instant", "none")
 
@@ -533,8 +533,8 @@ class Scenario(_Table):
                     key += f"[{i}][{j}]"
                 raise ScenarioError(
                     key,
-                    f"frontend {self.frontend_label(i)}'s nearest backend is a round trip of {2 * self.delay[i, j]:g} s "
-                    f"away, not shorter than horizon - warmup = {window:g} s: no job would complete, got "
+                    f"frontend {self.frontend_label(i)}'s nearest backend is a round trip of "
+                    f"{2 * self.delay[i, j]:g} s away, not shorter than horizon - warmup = {window:g} s: no job would complete, got "
                     f"{self.delay[i, j]:g}",
                 )
 

@@ -266,6 +266,9 @@ def test_bad_input_in_a_subprocess(args: list[str], key: str, tmp_path: Path) ->
 
 
 # -- the Python API checks its own arguments --------------------------------------------------
+from lbsim.experiments import compare  # noqa: E402
+
+
 def _scenario():
     return lbsim.Scenario.from_dict(__import__("tomllib").loads(BASE))
 
@@ -280,9 +283,9 @@ API = {
     "simulate a path": (lambda s: lbsim.simulate(str(ROOT / "scenarios" / "two_regions.toml")), "scenario"),
     "simulate router not a name": (lambda s: lbsim.simulate(s, router=["jsq"]), "router"),
     "simulate router param inf": (lambda s: lbsim.simulate(s, "dgdlb", step=float("inf")), "router.step"),
-    "compare routers a string": (lambda s: __import__("lbsim.experiments").experiments.compare(s, "jsq", 1), "routers"),
-    "compare seeds float": (lambda s: __import__("lbsim.experiments").experiments.compare(s, ["jsq"], 1.5), "seeds"),
-    "compare a dict": (lambda s: __import__("lbsim.experiments").experiments.compare(s.to_dict(), ["jsq"], 1), "scenario"),
+    "compare routers a string": (lambda s: compare(s, "jsq", 1), "routers"),
+    "compare seeds float": (lambda s: compare(s, ["jsq"], 1.5), "seeds"),
+    "compare a dict": (lambda s: compare(s.to_dict(), ["jsq"], 1), "scenario"),
     "scaling scales a string": (lambda s: lbsim.scaling(s, scales="1,0.1"), "scales"),
     "scaling scales inf": (lambda s: lbsim.scaling(s, scales=[1.0, float("inf")]), "scales"),
     "fluid dt inf": (lambda s: lbsim.fluid(s, dt=float("inf")), "dt"),
