@@ -180,12 +180,10 @@ def scaling(
     """
     import pandas as pd
 
-    from .experiments.executors import check_executor, execute
-    from .experiments.specs import config_key
-    from .experiments.store import RunStore
-
     from .arguments import check_list, check_positive, check_scenario
-    from .experiments.specs import _seeds
+    from .experiments.executors import check_executor, execute
+    from .experiments.specs import _seeds, config_key
+    from .experiments.store import RunStore
 
     check_scenario(scenario)
     scales = [check_positive(s, "scales", optional=False) for s in check_list(scales, "scales")]

@@ -534,8 +534,8 @@ class Scenario(_Table):
                 raise ScenarioError(
                     key,
                     f"frontend {self.frontend_label(i)}'s nearest backend is a round trip of "
-                    f"{2 * self.delay[i, j]:g} s away, not shorter than horizon - warmup = {window:g} s: no job would complete, got "
-                    f"{self.delay[i, j]:g}",
+                    f"{2 * self.delay[i, j]:g} s away, not shorter than horizon - warmup = {window:g} s: "
+                    f"no job would complete, got {self.delay[i, j]:g}",
                 )
 
     def _check_mode(self) -> None:

@@ -12,7 +12,6 @@ def simulate(scenario, router: str | None = None, seed: int | None = None, progr
     """
     from ..arguments import check_scenario, check_seed
     from ..errors import ScenarioError
-    from ..errors import ScenarioError
 
     scenario = check_scenario(scenario)
     seed = check_seed(seed)
