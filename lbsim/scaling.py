@@ -186,7 +186,7 @@ def scaling(
     from .experiments.store import RunStore
 
     check_scenario(scenario)
-    scales = [check_positive(s, "scales", optional=False) for s in check_list(scales, "scales")]
+    scales = [float(check_positive(s, "scales", optional=False) or 0.0) for s in check_list(scales, "scales")]
     if not scales:
         raise ScenarioError("scales", "must list at least one job scale")
     seed_list = _seeds(int(seeds) if isinstance(seeds, np.integer) else seeds, 1)
