@@ -44,6 +44,9 @@ MAX_SEED = 2**63 - 1
 #: the most time steps a run may take of a fixed period (samples, telemetry reports, router ticks):
 #: more would record or compute for longer than anyone waits, so it is refused at load
 MAX_TICKS = 10**8
+#: the most jobs a run may expect to see arrive (at the peak of its rate schedules): more would
+#: take days and fill memory long before the horizon (``rate = 1e300`` passes every other check)
+MAX_JOBS = 10**9
 
 
 class CapacityWarning(UserWarning):
@@ -523,6 +526,7 @@ class Scenario(_Table):
                 )
         if sim.mode != "open":
             return
+        self._check_arrivals()
         window = sim.horizon - sim.warmup
         for i in range(self.num_frontends):
             reachable = np.flatnonzero(self.connect[i] & self.usable)
@@ -537,6 +541,27 @@ class Scenario(_Table):
                     f"{2 * self.delay[i, j]:g} s away, not shorter than horizon - warmup = {window:g} s: "
                     f"no job would complete, got {self.delay[i, j]:g}",
                 )
+
+    def _check_arrivals(self) -> None:
+        """Refuse more than :data:`MAX_JOBS` expected arrivals: ``sum_i lambda_i m_i / sbar * horizon``,
+        with ``m_i`` the peak multiplier of frontend i's schedules (the scenario's times its own)."""
+        if not self.mean_size > 0:
+            return
+        peak = max([1.0] + [m for _, m in self.simulation.rate_schedule or []])
+        jobs_per_work = self.simulation.horizon / self.mean_size
+        per_frontend = [
+            f.demand * peak * max([1.0] + [m for _, m in f.rate_schedule or []]) * jobs_per_work for f in self.frontends
+        ]
+        expected = math.fsum(per_frontend)
+        if expected > MAX_JOBS:
+            i = int(np.argmax(per_frontend))
+            key = f"frontends[{i}].rate" if self.frontends[i].rate is not None else "simulation.horizon"
+            raise ScenarioError(
+                key,
+                f"about {expected:.3g} jobs would arrive over the horizon (rate / mean size {self.mean_size:g} * "
+                f"horizon {self.simulation.horizon:g}), more than {MAX_JOBS:.0e}: the run would never finish "
+                f"(lower the rate or the horizon, or raise simulation.job_scale), got {self.frontends[i].demand:g}",
+            )
 
     def _check_mode(self) -> None:
         """What each mode needs: frontends (open), one llm backend and a finite workload (saturated)."""

@@ -12,6 +12,7 @@ cannot store, and work that can never finish.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,8 @@ SET = {
     "router tick tiny": ('router={name="dgdlb", interval=1e-9}', "router.interval"),
     "delay beyond horizon": ("network.delay=1e6", "network.delay"),
     "delay entry beyond horizon": ("network.delay=[[30.0, 40.0], [0.02, 0.01]]", "network.delay[0][0]"),
+    "rate 1e300": ("frontends.0.rate=1e300", "frontends[0].rate"),
+    "job_scale tiny": ("simulation.job_scale=1e-12", "frontends[0].rate"),
     "only zero-capacity backends": (
         "backends.0.antagonist={schedule=[[0, 0.0]]}",
         "network.connect[0]",
@@ -139,6 +142,17 @@ CLI = {
     "fluid --horizon nan": (["fluid", "{scn}", "--horizon", "nan"], "horizon"),
 }
 
+#: name: (scenario file text, the key named): mistakes as they are made in a file, not through --set
+SCENARIO_FILES = {
+    "misspelt rate, no rate": (BASE.replace("rate = 1.0", "rat = 1.0", 1), "frontends[0].rat"),
+    "horizon 1e309": (BASE.replace("horizon = 50.0", "horizon = 1e309"), "simulation.horizon"),
+    "horizon a string": (BASE.replace("horizon = 50.0", 'horizon = "50"'), "simulation.horizon"),
+    "service inf in a table": (BASE.replace("c = 4.0", "c = inf", 1), "backends[0].service.c"),
+    "jitter kind misspelt": (BASE + 'jitter = { kind = "exponentail", mean = 0.002 }\n', "network.jitter.kind"),
+    "router step inf": (BASE + '[router]\nname = "dgdlb"\nstep = inf\n', "router.step"),
+    "router parameter a string": (BASE + '[router]\nname = "dgdlb"\nstep = "0.1"\n', "router.step"),
+}
+
 #: name: (file name, bytes, command); the key named is the file's path
 FILES = {
     "scenario not UTF-8": ("bad.toml", b"name = '\xff\xfe'\n", "run"),
@@ -160,6 +174,11 @@ SWEEPS = {
     "sweep grid rate string": ('grid = { "frontends.0.rate" = [1.0, "2"] }', "frontends[0].rate"),
     "sweep router step inf": ('routers = ["dgdlb:step=inf"]', "router.step"),
     "sweep unknown key": ("sedes = 2", "sedes"),
+    "sweep set inf": ('set = { "simulation.horizon" = inf }', "set.simulation.horizon"),
+    "sweep router table inf": ('routers = [{ name = "prequal", r_probe = inf }]', "routers[0].r_probe"),
+    "sweep seeds a string": ('seeds = "3"', "seeds"),
+    "sweep count past int64": ("seeds = 9223372036854775807", "seeds"),
+    "sweep count never finishing": ("seeds = 100000000", "seeds"),
 }
 SWEEPS = {k: v for k, v in SWEEPS.items() if v[1] is not None}
 
@@ -206,6 +225,14 @@ def test_bad_option_is_named(name: str, tmp_path: Path) -> None:
     _check(_invoke([*args, *_out_args(args[0], out)]), out, key)
 
 
+@pytest.mark.parametrize("name", SCENARIO_FILES)
+def test_bad_scenario_file_is_named(name: str, tmp_path: Path) -> None:
+    text, key = SCENARIO_FILES[name]
+    scn, out = tmp_path / "bad.toml", tmp_path / "out"
+    scn.write_text(text)
+    _check(_invoke(["run", str(scn), "--quiet", "--out", str(out)]), out, key)
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_unreadable_file_is_named(name: str, tmp_path: Path) -> None:
     filename, content, command = FILES[name]
@@ -239,6 +266,19 @@ def test_bad_output_location_is_named(name: str, tmp_path: Path) -> None:
     out = OUTPUTS[name](tmp_path)
     result = _invoke(["run", str(scn), "--quiet", "--horizon", "20", "--out", out])
     _check(result, tmp_path / "nothing", "--out")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes in any directory")
+@pytest.mark.xfail(strict=True, reason="outputs helper")
+def test_unwritable_output_location_is_named(tmp_path: Path) -> None:
+    scn, locked = _write_base(tmp_path), tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = _invoke(["run", str(scn), "--quiet", "--horizon", "20", "--out", str(locked / "out")])
+        _check(result, locked / "out", "--out")
+    finally:
+        locked.chmod(0o700)
 
 
 # -- the same through a fresh interpreter, as a user runs it -------------------------------
@@ -308,4 +348,4 @@ def test_api_names_its_bad_argument(name: str) -> None:
 
 def test_corpus_size() -> None:
     """Issue 14 asks for 60+ bad inputs over every class."""
-    assert len(SET) + len(CLI) + len(FILES) + len(SWEEPS) + len(OUTPUTS) + len(API) >= 60
+    assert len(SET) + len(CLI) + len(SCENARIO_FILES) + len(FILES) + len(SWEEPS) + len(OUTPUTS) + len(API) >= 60

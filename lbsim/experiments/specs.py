@@ -42,6 +42,8 @@ __all__ = [
 
 #: the top-level keys a sweep file may have
 SWEEP_KEYS = ("scenario", "routers", "seeds", "job_scales", "set", "grid", "name", "description")
+#: the most seeds a count may ask for: a million runs of one configuration already take days
+MAX_SEEDS = 10**6
 KEY_LENGTH = 16  # hex digits of sha256: 64 bits, no collision in any sweep a person runs
 
 
@@ -239,6 +241,8 @@ def _seeds(seeds: Any, first: int) -> list[int]:
     if isinstance(seeds, int):
         if seeds < 1:
             raise ScenarioError("seeds", f"must be >= 1, got {seeds}")
+        if seeds > MAX_SEEDS:
+            raise ScenarioError("seeds", f"must be at most {MAX_SEEDS:.0e} (runs per configuration), got {seeds}")
         if first + seeds - 1 > MAX_SEED:
             raise ScenarioError("seeds", f"seeds {first} to {first} + {seeds} - 1 go beyond 2**63 - 1, got {seeds}")
         return list(range(first, first + seeds))
