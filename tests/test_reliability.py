@@ -73,6 +73,7 @@ SET = {
     # router parameters
     "dgdlb step inf": ('router={name="dgdlb", step=inf}', "router.step"),
     "dgdlb step 1e309": ('router={name="dgdlb", step=1e309}', "router.step"),
+    "dgdlb step beyond precision": ('router={name="dgdlb", step=1e300}', "router.step"),  # NaN splits before
     "dgdlb interval nan": ('router={name="dgdlb", interval=nan}', "router.interval"),
     "prequal r_probe inf": ('router={name="prequal", r_probe=inf}', "router.r_probe"),
     "prequal q_rif nan": ('router={name="prequal", q_rif=nan}', "router.q_rif"),

@@ -198,6 +198,9 @@ def validate_params(name: str, params: dict[str, Any]) -> BaseModel:
         return validate_strictly(cls.Params, params, "router")
     except ValidationError as exc:
         err = first_error(exc)
+        inner = (err.get("ctx") or {}).get("error")
+        if not err["loc"] and isinstance(inner, ScenarioError):  # a check across parameters names its key
+            raise ScenarioError(f"router.{inner.key}", inner.message) from None
         field = str(err["loc"][0]) if err["loc"] else ""
         if err["type"] == "extra_forbidden":
             raise ScenarioError(
