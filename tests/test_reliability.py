@@ -261,12 +261,14 @@ OUTPUTS = {
 
 @pytest.mark.parametrize("name", OUTPUTS)
 @pytest.mark.xfail(strict=True, reason="outputs helper")
-def test_bad_output_location_is_named(name: str, tmp_path: Path) -> None:
+def test_bad_output_location_is_named(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # `--out ''` writes in the working directory until the outputs helper's fix
     scn = _write_base(tmp_path)
     (tmp_path / "afile").write_text("x")
     out = OUTPUTS[name](tmp_path)
     result = _invoke(["run", str(scn), "--quiet", "--horizon", "20", "--out", out])
     _check(result, tmp_path / "nothing", "--out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "base.toml"]  # nothing written
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes in any directory")
