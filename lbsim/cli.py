@@ -299,6 +299,35 @@ def _print_overload(s, best, as_json: bool) -> None:
     click.echo("routing (rows: frontends):")
     for i in range(s.num_frontends):
         click.echo(f"  {s.frontend_label(i):>12}  " + " ".join(f"{p:.3f}" for p in best.routing[i]))
+def _seed_option(ctx: click.Context, param: click.Parameter, value: str) -> int | list[int]:
+    """``--seeds``: a count N >= 1, or a list ``1,2,3`` of seeds from 0 to 2**63 - 1 (what the tables store)."""
+    from .arguments import is_seed
+
+    items = [item.strip() for item in value.split(",")]
+    try:
+        numbers = [int(item) for item in items]
+    except ValueError:
+        raise click.BadParameter(f"must be a count or a list of integers like 1,2,3, got {value!r}") from None
+    if len(numbers) == 1 and "," not in value:
+        if not 1 <= numbers[0] <= 2**63 - 1:
+            raise click.BadParameter(f"a count of seeds must be >= 1, got {value!r}")
+        return numbers[0]
+    if not all(is_seed(n) for n in numbers):
+        raise click.BadParameter(f"seeds must be integers from 0 to 2**63 - 1, got {value!r}")
+    return numbers
+
+
+def _scales_option(ctx: click.Context, param: click.Parameter, value: str) -> list[float]:
+    """``--scales``: comma-separated finite numbers > 0."""
+    import math
+
+    try:
+        scales = [float(item) for item in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"must be comma-separated numbers, got {value!r}") from None
+    if not all(math.isfinite(s) and s > 0 for s in scales):
+        raise click.BadParameter(f"must be finite numbers > 0, got {value!r}")
+    return scales
 
 
 def _router_list(text: str) -> list[str]:
@@ -319,7 +348,11 @@ def _router_list(text: str) -> list[str]:
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--routers", required=True, help="comma-separated routers, each NAME or NAME:param=value,...")
 @click.option(
-    "--seeds", default="5", show_default=True, help="number of seeds (from simulation.seed on) or a list 1,2,3"
+    "--seeds",
+    default="5",
+    show_default=True,
+    callback=_seed_option,
+    help="number of seeds (from simulation.seed on) or a list 1,2,3",
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option(
@@ -339,9 +372,8 @@ def compare(scenario, routers, seeds, overrides, out, workers, executor, schedul
     if out is not None:
         check_out(out)
     s = _load(scenario, overrides)
-    seed_list = [int(x) for x in seeds.split(",")] if "," in seeds else int(seeds)
     result = run_compare(
-        s, _router_list(routers), seed_list, out=out, workers=workers, progress=not quiet,
+        s, _router_list(routers), seeds, out=out, workers=workers, progress=not quiet,
         executor=executor, scheduler=scheduler, force=force,
     )  # fmt: skip
     click.echo(result.format_table())
@@ -396,7 +428,13 @@ def fluid(scenario, router, horizon, dt, overrides, out, quiet, force):
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--router", help="router (default: the scenario's)")
-@click.option("--scales", default="1,0.1,0.01,0.001", show_default=True, help="comma-separated job scales")
+@click.option(
+    "--scales",
+    default="1,0.1,0.01,0.001",
+    show_default=True,
+    callback=_scales_option,
+    help="comma-separated job scales",
+)
 @click.option("--seeds", type=int, default=4, show_default=True, help="seeds per scale (common across scales)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory (re-run to resume)")
@@ -413,12 +451,8 @@ def scaling(scenario, router, scales, seeds, overrides, out, workers, executor, 
 
     check_out(out)
     s = _load(scenario, _router_switch(scenario, router, overrides))
-    try:
-        scale_list = [float(x) for x in scales.split(",")]
-    except ValueError:
-        raise ScenarioError("--scales", f"must be comma-separated numbers, got {scales!r}") from None
     result = study(
-        s, s.router.name, scale_list, seeds, out=out, progress=not quiet, workers=workers,
+        s, s.router.name, scales, seeds, out=out, progress=not quiet, workers=workers,
         executor=executor, scheduler=scheduler, force=force,
     )  # fmt: skip
     click.echo(result.format_table())

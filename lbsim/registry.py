@@ -11,6 +11,7 @@ pydantic parameters with the same kind of error.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -78,7 +79,59 @@ def _format(value: Any) -> str:
     return repr(value)
 
 
+def first_error(exc: ValidationError) -> Any:
+    """The error of a pydantic report to show the user: an unknown key first.
+
+    An unknown name is usually a misspelt one that is then also "missing"
+    (``rat = 1.0`` for ``rate``): the misspelling carries the fix.
+    """
+    return min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+
+
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def key_path(key: str, loc: tuple[Any, ...]) -> str:
+    """``key`` extended by a pydantic location: ``("c",)`` -> ``key.c``, ``(0, "rate")`` -> ``key[0].rate``."""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key += f".{part}" if key else str(part)
+    return key
+
+
+def check_finite(value: Any, key: str) -> None:
+    """Reject any float that is not finite anywhere in user input (tables, arrays, nested).
+
+    No number a user gives lbsim may be ``inf`` or ``nan``: a rate, a horizon,
+    a step or a probe rate of ``inf`` (TOML's ``inf``, or ``1e309``, which
+    overflows to it) passes a ``> 0`` check and then never finishes, exhausts
+    memory or writes NaN. The rule is applied to whole inputs at the edge
+    (a scenario, a parameter table, a sweep file) rather than per field, so
+    no field can forget it; the error names the first such key.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ScenarioError(key, f"must be finite, got {_format(value)}")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            check_finite(v, key_path(key, (str(k),)))
+    elif isinstance(value, (list, tuple)):
+        for k, v in enumerate(value):
+            check_finite(v, key_path(key, (k,)))
+
+
+def validate_strictly(cls: type[M], params: Mapping[str, Any], key: str) -> M:
+    """``cls.model_validate(params)`` under lbsim's one rule for user numbers and types.
+
+    Every number finite (:func:`check_finite`), and types strict: a TOML
+    string, boolean or float is not read as a number, a flag or an integer
+    (``rate = "2.0"``, ``horizon = true``, ``record_jobs = "no"`` and
+    ``seed = 1.7`` are errors). An integer is still a float (``rate = 2``).
+    Raises :class:`pydantic.ValidationError` for what pydantic rejects.
+    """
+    check_finite(dict(params), key)
+    return cls.model_validate(dict(params), strict=True)
 
 
 def from_params(cls: type[M], params: Mapping[str, Any], key: str, what: str) -> M:
@@ -86,13 +139,12 @@ def from_params(cls: type[M], params: Mapping[str, Any], key: str, what: str) ->
 
     ``key`` is the dotted path of the table, ``what`` names the family in
     messages (``unknown saturating parameter 'kk' (did you mean 'k'?)``).
+    Numbers must be finite and types are strict (:func:`validate_strictly`).
     """
     try:
-        return cls.model_validate(dict(params))
+        return validate_strictly(cls, params, key)
     except ValidationError as exc:
-        # An unknown name is usually a misspelt one that is then also
-        # "missing": report the misspelling, which carries the fix.
-        error = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        error = first_error(exc)
     loc = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
     kind, ctx, got = error["type"], error.get("ctx", {}), error["input"]
     fields = list(cls.model_fields)
@@ -108,8 +160,14 @@ def from_params(cls: type[M], params: Mapping[str, Any], key: str, what: str) ->
     elif kind in _BOUNDS:
         bound = next(iter(ctx.values()))
         message = f"must be {_BOUNDS[kind]} {_format(bound)}, got {_format(got)}"
-    elif kind in ("float_type", "int_type", "float_parsing"):
+    elif kind in ("float_type", "float_parsing"):
         message = f"must be a number, got {_format(got)}"
+    elif kind in ("int_type", "int_from_float", "int_parsing"):
+        message = f"must be an integer, got {_format(got)}"
+    elif kind in ("bool_type", "bool_parsing"):
+        message = f"must be true or false, got {_format(got)}"
+    elif kind in ("string_type",):
+        message = f"must be a string, got {_format(got)}"
     elif kind == "finite_number":
         message = f"must be finite, got {_format(got)}"
     elif kind == "too_short":

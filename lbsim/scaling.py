@@ -184,17 +184,17 @@ def scaling(
     """
     import pandas as pd
 
+    from .arguments import check_list, check_positive, check_scenario
     from .experiments.executors import check_executor, execute, run_cost
-    from .experiments.specs import config_key
+    from .experiments.specs import _seeds, config_key
     from .experiments.store import RunStore
     from .outputs import experiment_directory
 
-    scales = [float(s) for s in scales]
-    if not scales or any(not (s > 0 and math.isfinite(s)) for s in scales):
-        raise ScenarioError("scales", f"must be positive numbers, got {scales}")
-    seed_list = list(range(1, int(seeds) + 1)) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ScenarioError("seeds", "need at least one seed")
+    check_scenario(scenario)
+    scales = [float(check_positive(s, "scales", optional=False) or 0.0) for s in check_list(scales, "scales")]
+    if not scales:
+        raise ScenarioError("scales", "must list at least one job scale")
+    seed_list = _seeds(int(seeds) if isinstance(seeds, np.integer) else seeds, 1)
     check_executor(workers, executor, scheduler)
     name = router or scenario.router.name
     base = scenario.replace(**{"simulation.record_jobs": False})

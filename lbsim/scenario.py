@@ -16,18 +16,37 @@ import warnings
 from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .backends import DEFAULT_MODEL, BackendModel, Workload, backend_class
 from .distributions import DISTRIBUTIONS, Distribution, make_distribution
 from .errors import ScenarioError, unknown
 from .llm.tokens import TokenMoments, TokenWorkload, make_tokens, read_arrival_trace
 from .rates import RateFamily
+from .registry import check_finite, first_error
 
 TELEMETRY_MODES = ("delayed", "periodic", "instant", "none")
+
+#: the largest seed: the output tables (summary, runs.parquet) store seeds as int64
+MAX_SEED = 2**63 - 1
+#: the most time steps a run may take of a fixed period (samples, telemetry reports, router ticks):
+#: more would record or compute for longer than anyone waits, so it is refused at load
+MAX_TICKS = 10**8
+#: the most jobs a run may expect to see arrive (at the peak of its rate schedules): more would
+#: take days and fill memory long before the horizon (``rate = 1e300`` passes every other check)
+MAX_JOBS = 10**9
 
 
 class CapacityWarning(UserWarning):
@@ -35,10 +54,19 @@ class CapacityWarning(UserWarning):
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    # strict: a TOML string, boolean or float is never read as a number, flag or integer
+    # (``rate = "2.0"``, ``horizon = true``, ``record_jobs = "no"``); an integer is a float
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, arbitrary_types_allowed=True, strict=True, allow_inf_nan=False
+    )
 
 
-Schedule = list[tuple[float, float]]
+def _pair(value: Any) -> Any:
+    """A TOML array ``[t, m]`` as the tuple it is stored as (strict mode takes no list for a tuple)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+Schedule = list[Annotated[tuple[float, float], BeforeValidator(_pair)]]
 
 
 def _check_schedule(schedule: Schedule | None, what: str) -> Schedule | None:
@@ -60,7 +88,7 @@ def _check_schedule(schedule: Schedule | None, what: str) -> Schedule | None:
 class SimulationTable(_Table):
     horizon: float = Field(2000.0, gt=0, description="seconds of simulated time")
     warmup: float = Field(200.0, ge=0, description="statistics ignore jobs that arrive before this")
-    seed: int = Field(1, ge=0, description="master seed; every subsystem spawns its own stream")
+    seed: int = Field(1, ge=0, le=MAX_SEED, description="master seed; every subsystem spawns its own stream")
     job_scale: float = Field(1.0, gt=0, description="jobs are job_scale * X, X of mean size_mean")
     sample_interval: float = Field(1.0, gt=0, description="period of the time series")
     rate_schedule: Schedule | None = Field(
@@ -194,6 +222,13 @@ class AntagonistTable(_Table):
             raise ValueError("must list at least two finite multipliers >= 0")
         return v
 
+    @property
+    def lasting_multiplier(self) -> float:
+        """The multiplier the antagonist leaves for good: a schedule's last, or the largest of the levels."""
+        if self.schedule is not None:
+            return self.schedule[-1][1]
+        return max(self.levels or [0.0])
+
     @model_validator(mode="after")
     def _one_kind(self):
         if (self.schedule is None) == (self.levels is None):
@@ -261,12 +296,34 @@ class BackendTable(_Table):
         return data
 
 
+class JitterTable(_Table):
+    """Extra one-way delay per traversal: a distribution ``kind`` of mean ``mean``, its shape parameters beside it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str | None = Field(None, description="distribution (lbsim distributions lists them)")
+    mean: float | None = Field(None, gt=0, description="mean extra delay (s)")
+
+    @model_validator(mode="after")
+    def _required(self):
+        if self.kind is None:
+            raise ScenarioError("kind", "missing (e.g. 'exponential')")
+        if self.mean is None:
+            raise ScenarioError("mean", "required: the mean extra delay (s), must be > 0")
+        return self
+
+    @cached_property
+    def distribution(self) -> Distribution:
+        """The shape, drawn with mean :attr:`mean` (errors name ``network.jitter.<param>``)."""
+        DISTRIBUTIONS.lookup(self.kind, "network.jitter.kind")
+        return make_distribution(str(self.kind), dict(self.model_extra or {}), "network.jitter", field="kind")
+
+
 class NetworkTable(_Table):
     delay: list[list[float]] | float = Field(0.0, description="F x B one-way delays d_ij (s), or one number for all")
     connect: list[list[bool]] | None = Field(None, description="F x B: may frontend i use backend j (default all)")
     telemetry: Literal["delayed", "periodic", "instant", "none"] = "delayed"
     period: float = Field(1.0, gt=0, description="periodic telemetry: report interval (s)")
-    jitter: dict[str, Any] | None = Field(
+    jitter: JitterTable | None = Field(
         None, description="extra one-way delay per traversal, e.g. {kind='exponential', mean=0.002}"
     )
 
@@ -301,14 +358,7 @@ class NetworkTable(_Table):
     def jitter_distribution(self) -> tuple[Distribution, float] | None:
         if self.jitter is None:
             return None
-        spec = dict(self.jitter)
-        if "kind" not in spec:
-            raise ScenarioError("network.jitter.kind", "missing (e.g. 'exponential')")
-        kind = spec.pop("kind")
-        mean = spec.pop("mean", None)
-        if mean is None or not (mean > 0):
-            raise ScenarioError("network.jitter.mean", f"must be > 0, got {mean}")
-        return make_distribution(kind, spec, "network.jitter"), float(mean)
+        return self.jitter.distribution, float(self.jitter.mean)  # type: ignore[arg-type]
 
 
 class RouterTable(_Table):
@@ -395,6 +445,17 @@ class Scenario(_Table):
         return float(mu.value(limit)) if math.isfinite(limit) else mu.supremum
 
     @cached_property
+    def usable(self) -> np.ndarray:
+        """Which backends keep a capacity > 0 for good, shape (B,) bool: sup mu_j > 0, and no
+        antagonist that leaves the rate multiplied by 0 (a frontend needs one such backend)."""
+        return np.array(
+            [
+                self.supremum(j) > 0 and (b.antagonist is None or b.antagonist.lasting_multiplier > 0)
+                for j, b in enumerate(self.backends)
+            ]
+        )
+
+    @cached_property
     def workload(self) -> Workload:
         """The jobs as the backend models' rate functions see them (sbar, and token means with jobs.tokens)."""
         m = self.jobs.token_moments
@@ -406,6 +467,14 @@ class Scenario(_Table):
     def mean_size(self) -> float:
         """sbar = job_scale * size_mean: the mean job size."""
         return self.simulation.job_scale * self.jobs.mean
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, data: Any) -> Any:
+        # One rule for every number of a scenario, whatever table it sits in (a rate
+        # family's, a router's, a distribution's): finite, or named and refused here.
+        check_finite(data, "")
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -422,8 +491,7 @@ class Scenario(_Table):
             raise ScenarioError(key, f"must be finite and >= 0, got {lat}")
         if self.network.connect is not None:
             _check_matrix(self.network.connect, F, B, "network.connect")
-        connect = self.connect
-        usable = np.array([self.supremum(j) > 0 for j in range(B)])
+        connect, usable = self.connect, self.usable
         for i in range(F):
             if not (connect[i] & usable).any():
                 raise ScenarioError(f"network.connect[{i}]", f"frontend {self.frontend_label(i)} has no usable backend")
@@ -436,6 +504,7 @@ class Scenario(_Table):
         params = validate_params(self.router.name, self.router.params)
         router = router_class(self.router.name)
         router.check_scenario(params, self)
+        self._check_work(params)
         if router.uses_rates:
             self.rate_functions(f"router '{self.router.name}'")
         for name in ("frontends", "backends"):
@@ -444,6 +513,68 @@ class Scenario(_Table):
                 dup = next(n for n in names if names.count(n) > 1)
                 raise ScenarioError(name, f"duplicate name '{dup}'")
         return self
+
+    def _check_work(self, router_params: BaseModel) -> None:
+        """Refuse a run that could never finish or never produce a result.
+
+        A fixed period (the sampling interval, periodic telemetry's period, a
+        router's tick ``*interval``) so short that the horizon holds more than
+        :data:`MAX_TICKS` of them; and, in open mode, a frontend whose nearest
+        usable backend is a round trip ``2 d_ij`` at least the statistics window
+        ``horizon - warmup`` away, so that no job it sends could complete in it.
+        """
+        sim = self.simulation
+        periods = [("simulation.sample_interval", sim.sample_interval)]
+        if self.network.telemetry == "periodic":
+            periods.append(("network.period", self.network.period))
+        for name, value in router_params:
+            if name.endswith("interval") and isinstance(value, float | int) and value > 0:
+                periods.append((f"router.{name}", float(value)))
+        for key, period in periods:
+            if sim.horizon / period > MAX_TICKS:
+                raise ScenarioError(
+                    key,
+                    f"{sim.horizon:g} s of horizon / {period:g} s = {sim.horizon / period:.3g} steps, more than "
+                    f"{MAX_TICKS:.0e}: the run would never finish (lengthen it, or shorten simulation.horizon)",
+                )
+        if sim.mode != "open":
+            return
+        self._check_arrivals()
+        window = sim.horizon - sim.warmup
+        for i in range(self.num_frontends):
+            reachable = np.flatnonzero(self.connect[i] & self.usable)
+            j = int(reachable[np.argmin(self.delay[i, reachable])])
+            if 2 * self.delay[i, j] >= window:
+                key = self.network.delay_key
+                if not isinstance(self.network.delay, (int, float)):
+                    key += f"[{i}][{j}]"
+                raise ScenarioError(
+                    key,
+                    f"frontend {self.frontend_label(i)}'s nearest backend is a round trip of "
+                    f"{2 * self.delay[i, j]:g} s away, not shorter than horizon - warmup = {window:g} s: "
+                    f"no job would complete, got {self.delay[i, j]:g}",
+                )
+
+    def _check_arrivals(self) -> None:
+        """Refuse more than :data:`MAX_JOBS` expected arrivals: ``sum_i lambda_i m_i / sbar * horizon``,
+        with ``m_i`` the peak multiplier of frontend i's schedules (the scenario's times its own)."""
+        if not self.mean_size > 0:
+            return
+        peak = max([1.0] + [m for _, m in self.simulation.rate_schedule or []])
+        jobs_per_work = self.simulation.horizon / self.mean_size
+        per_frontend = [
+            f.demand * peak * max([1.0] + [m for _, m in f.rate_schedule or []]) * jobs_per_work for f in self.frontends
+        ]
+        expected = math.fsum(per_frontend)
+        if expected > MAX_JOBS:
+            i = int(np.argmax(per_frontend))
+            key = f"frontends[{i}].rate" if self.frontends[i].rate is not None else "simulation.horizon"
+            raise ScenarioError(
+                key,
+                f"about {expected:.3g} jobs would arrive over the horizon (rate / mean size {self.mean_size:g} * "
+                f"horizon {self.simulation.horizon:g}), more than {MAX_JOBS:.0e}: the run would never finish "
+                f"(lower the rate or the horizon, or raise simulation.job_scale), got {self.frontends[i].demand:g}",
+            )
 
     def _check_mode(self) -> None:
         """What each mode needs: frontends (open), one llm backend and a finite workload (saturated)."""
@@ -489,8 +620,10 @@ class Scenario(_Table):
     # -- construction ------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], overrides: Iterable[str] = ()) -> Scenario:
+        if not isinstance(data, Mapping):
+            raise ScenarioError("data", f"must be a table (a dict) of scenario keys, got {type(data).__name__}")
         table: dict[str, Any] = copy.deepcopy(dict(data))
-        for item in overrides:
+        for item in _overrides(overrides):
             apply_override(table, item)
         try:
             return cls.model_validate(table)
@@ -513,6 +646,13 @@ class Scenario(_Table):
         return data
 
 
+def _overrides(overrides: Iterable[str]) -> list[str]:
+    """``key.path=value`` strings; one string alone would be read as a list of one-character overrides."""
+    if isinstance(overrides, (str, bytes)) or not all(isinstance(item, str) for item in overrides):
+        raise ScenarioError("overrides", f"must be a list of 'key.path=value' strings, got {overrides!r}")
+    return list(overrides)
+
+
 def _check_matrix(m: list, F: int, B: int, key: str) -> None:
     if len(m) != F:
         raise ScenarioError(key, f"must have one row per frontend ({F}), got {len(m)} rows")
@@ -533,7 +673,7 @@ def _format_loc(loc: tuple) -> str:
 
 def _first_error(exc: ValidationError, data: Mapping[str, Any]) -> ScenarioError:
     """Turn pydantic's report into one line naming the key (and the closest valid key)."""
-    err = exc.errors()[0]
+    err = first_error(exc)
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
     key = _format_loc(loc)
     ctx_error = (err.get("ctx") or {}).get("error")
@@ -623,14 +763,25 @@ def apply_override(data: dict, item: str) -> None:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables; anything that keeps it from being read is one :class:`ScenarioError` naming it."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ScenarioError(str(path), "no such file") from None
+    except IsADirectoryError:
+        raise ScenarioError(str(path), "is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ScenarioError(str(path), "permission denied") from None
+    except OSError as exc:
+        raise ScenarioError(str(path), f"cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(str(path), f"not a UTF-8 text file (byte {exc.start}): not TOML") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(str(path), f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ScenarioError(str(path), "not valid TOML: arrays or tables nested too deep") from None
 
 
 def _resolve_files(data: dict[str, Any], folder: Path) -> None:
@@ -646,6 +797,7 @@ def _resolve_files(data: dict[str, Any], folder: Path) -> None:
 def load_scenario(path: str | Path, overrides: Iterable[str] = (), *, warn: bool = True) -> Scenario:
     """Load and validate a scenario file; ``overrides`` are ``key.path=value`` strings."""
     data = read_toml(path)
+    overrides = _overrides(overrides)
     data.setdefault("name", Path(path).stem)
     for item in overrides:
         apply_override(data, item)

@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"llm"},
     {"backends", "routers"},
     {"scenario"},
+    {"arguments"},
     {"engine"},
     {"fluid", "plots"},
     {"experiments"},

@@ -457,3 +457,64 @@ def test_a_scenario_error_survives_pickling():
 
     again = pickle.loads(pickle.dumps(ScenarioError("router.name", "unknown router 'jsk'")))
     assert isinstance(again, ScenarioError) and (again.key, again.message) == ("router.name", "unknown router 'jsk'")
+
+
+# -- one rule for every number and type (issue 14) -------------------------------------------
+def test_check_finite_names_the_first_non_finite_number_by_its_path():
+    from lbsim.registry import check_finite
+
+    check_finite({"a": [1, 2.5, {"b": "inf"}], "c": True}, "")  # strings and booleans are not numbers
+    with pytest.raises(lbsim.ScenarioError) as error:
+        check_finite({"a": [{"b": 1.0}, {"b": [0.0, math.nan]}]}, "t")
+    assert (error.value.key, error.value.message) == ("t.a[1].b[1]", "must be finite, got nan")
+
+
+def test_integers_are_floats_but_nothing_else_is():
+    """Strict types: ``rate = 2`` is a rate; ``"2"``, ``true`` are not (pydantic's lax mode read both)."""
+    data = copy.deepcopy(BASE)
+    data["frontends"][0]["rate"] = 2
+    assert lbsim.Scenario.from_dict(data).frontends[0].rate == 2.0
+    for value in ("2", True):
+        data["frontends"][0]["rate"] = value
+        with pytest.raises(lbsim.ScenarioError) as error:
+            lbsim.Scenario.from_dict(data)
+        assert error.value.key == "frontends[0].rate"
+
+
+def test_strict_tables_round_trip_through_to_dict():
+    """Schedules (stored as tuples), jitter (a table with shape parameters) survive to_dict -> from_dict."""
+    data = copy.deepcopy(BASE)
+    data["simulation"]["rate_schedule"] = [[0, 1.0], [50, 0.5]]
+    data["network"]["jitter"] = {"kind": "lognormal", "mean": 0.01, "sigma": 0.5}
+    s = lbsim.Scenario.from_dict(data)
+    again = lbsim.Scenario.from_dict(s.to_dict())
+    assert again.to_dict() == s.to_dict()
+    dist, mean = again.network.jitter_distribution
+    assert (dist.name, mean, again.to_dict()["network"]["jitter"]["sigma"]) == ("lognormal", 0.01, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"simulation.sample_interval": 1e-7}, "simulation.sample_interval"),  # 1e9 samples of 100 s
+        ({"network.telemetry": "periodic", "network.period": 1e-7}, "network.period"),
+        ({"router": {"name": "dgdlb", "interval": 1e-7}}, "router.interval"),
+        ({"frontends.0.rate": 1e9}, "frontends[0].rate"),  # 1e11 jobs over 100 s
+        ({"network.delay": 45.0}, "network.delay"),  # round trip 90 s = horizon - warmup
+    ],
+)
+def test_work_that_never_finishes_is_refused_at_load(override, key):
+    data = copy.deepcopy(BASE)
+    for path, value in override.items():
+        lbsim.scenario._set_path(data, path.split("."), value)
+    with pytest.raises(lbsim.ScenarioError) as error:
+        lbsim.Scenario.from_dict(data)
+    assert error.value.key == key, str(error.value)
+
+
+def test_the_limits_leave_room_for_long_fine_runs():
+    """Just inside each limit loads: 1e8 samples, a round trip shorter than the window."""
+    data = copy.deepcopy(BASE)
+    data["simulation"]["sample_interval"] = 100.0 / 10**8
+    data["network"]["delay"] = 44.9
+    lbsim.Scenario.from_dict(data)

@@ -55,7 +55,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ScenarioError
-from ..registry import Registry, field_rows, first_paragraph, from_params
+from ..registry import Registry, field_rows, first_paragraph, from_params, validate_strictly
 
 if TYPE_CHECKING:
     from ..jobs import Job
@@ -186,7 +186,7 @@ class BackendModel:
     def parse_params(cls, table: Mapping[str, Any], key: str) -> BaseModel:
         """The model's parameters from its keys in a ``[[backends]]`` table; errors name ``key.param``."""
         try:
-            return cls.Params.model_validate(dict(table))
+            return validate_strictly(cls.Params, table, key)  # finite numbers, strict types
         except ValidationError as exc:
             for error in exc.errors():  # a validator that names its own key (make_rate's "service.c") wins
                 inner = (error.get("ctx") or {}).get("error")

@@ -8,7 +8,15 @@ def simulate(scenario, router: str | None = None, seed: int | None = None, progr
     """Run one scenario once: ``router`` (default: the scenario's), ``seed`` (default: the scenario's).
 
     Extra keyword arguments are router parameters (``simulate(s, "dgdlb", step=0.1)``).
+    Arguments are checked first: a ScenarioError names the bad one.
     """
+    from ..arguments import check_scenario, check_seed
+    from ..errors import ScenarioError
+
+    scenario = check_scenario(scenario)
+    seed = check_seed(seed)
+    if router is not None and not isinstance(router, str):
+        raise ScenarioError("router", f"must be a router name, got {router!r}")
     if scenario.simulation.mode == "saturated":
         return run_saturated(scenario, seed)
     return Simulation(scenario, router=router, seed=seed, **router_params).run(progress=progress)

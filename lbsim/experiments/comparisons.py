@@ -176,11 +176,14 @@ def compare(
     ``progress``, shows a progress bar (on stderr, on a terminal); the table
     is ``str(comparison)``.
     """
+    from ..arguments import check_list, check_scenario
+
     check_executor(workers, executor, scheduler)
-    if not isinstance(scenario, Scenario):
+    if isinstance(scenario, (str, Path)):
         scenario = load_scenario(scenario)
+    scenario = check_scenario(scenario)
     base = scenario.to_dict()
-    spec = SweepSpec(base, _routers(list(routers)), _seeds(seeds, scenario.simulation.seed))
+    spec = SweepSpec(base, _routers(check_list(routers, "routers")), _seeds(seeds, scenario.simulation.seed))
     runs = expand(spec)
     by_key = {run.key: run for run in runs}
     results: dict[str, dict[str, Any]] = {}

@@ -25,7 +25,8 @@ from typing import Any
 
 from ..engine import Simulation
 from ..errors import ScenarioError, unknown
-from ..scenario import Scenario, parse_value, read_toml
+from ..registry import check_finite
+from ..scenario import MAX_SEED, Scenario, parse_value, read_toml
 
 __all__ = [
     "RouterChoice",
@@ -41,6 +42,8 @@ __all__ = [
 
 #: the top-level keys a sweep file may have
 SWEEP_KEYS = ("scenario", "routers", "seeds", "job_scales", "set", "grid", "name", "description")
+#: the most seeds a count may ask for: a million runs of one configuration already take days
+MAX_SEEDS = 10**6
 KEY_LENGTH = 16  # hex digits of sha256: 64 bits, no collision in any sweep a person runs
 
 
@@ -159,6 +162,7 @@ def load_sweep(spec: str | Path | Mapping[str, Any]) -> SweepSpec:
         data, where = read_toml(path), path.parent
     else:
         data, where = dict(spec), Path.cwd()
+    check_finite(data, "")  # a sweep's numbers are scenario numbers: finite (lbsim.registry.check_finite)
     for k in data:
         if k not in SWEEP_KEYS:
             raise ScenarioError(k, unknown("sweep key", k, SWEEP_KEYS))
@@ -230,15 +234,24 @@ def _routers(raw: Any) -> list[RouterChoice]:
 
 
 def _seeds(seeds: Any, first: int) -> list[int]:
-    """``N`` -> ``first .. first + N - 1``; a list is taken as is."""
+    """``N`` -> ``first .. first + N - 1``; a list is taken as is. Every seed fits the
+    output tables' int64 (:data:`lbsim.scenario.MAX_SEED`), checked before any run."""
     if isinstance(seeds, bool):
         raise ScenarioError("seeds", f"must be a count or a list of seeds, got {seeds!r}")
     if isinstance(seeds, int):
         if seeds < 1:
             raise ScenarioError("seeds", f"must be >= 1, got {seeds}")
+        if seeds > MAX_SEEDS:
+            raise ScenarioError("seeds", f"must be at most {MAX_SEEDS:.0e} (runs per configuration), got {seeds}")
+        if first + seeds - 1 > MAX_SEED:
+            raise ScenarioError("seeds", f"seeds {first} to {first} + {seeds} - 1 go beyond 2**63 - 1, got {seeds}")
         return list(range(first, first + seeds))
-    if not _nonempty_list(seeds) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ScenarioError("seeds", f"must be a count or a non-empty list of integers >= 0, got {seeds!r}")
+    if not _nonempty_list(seeds) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds
+    ):
+        raise ScenarioError(
+            "seeds", f"must be a count or a non-empty list of integers from 0 to 2**63 - 1, got {seeds!r}"
+        )
     if len(set(seeds)) != len(seeds):
         raise ScenarioError("seeds", f"lists a seed twice: {list(seeds)}")
     return list(seeds)

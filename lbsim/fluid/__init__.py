@@ -97,6 +97,9 @@ def fluid(
     (:func:`lbsim.threads.blas_threads`).
     """
     started = time.perf_counter()
+    from ..arguments import check_positive
+
+    check_positive(dt, "dt")
     name, validated, horizon = _prepare(scenario, router, horizon, band, router_params)
     # Rate formulas resolve their limits (k/0, 1/inf) with np.where, as in rates.py.
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -164,6 +167,10 @@ def default_time_step(
 
 def _prepare(scenario, router, horizon, band, router_params):
     """Check the arguments: the router's name and validated parameters, and the horizon."""
+    from ..arguments import check_positive, check_scenario
+
+    check_scenario(scenario)
+    check_positive(horizon, "horizon")
     name = router or scenario.router.name
     if name not in FLUID_ROUTERS:
         raise ScenarioError("router", unknown("router with a fluid model", name, FLUID_ROUTERS))
@@ -173,6 +180,4 @@ def _prepare(scenario, router, horizon, band, router_params):
     if not (band >= 0.0 and math.isfinite(band)):
         raise ScenarioError("band", f"must be finite and >= 0, got {band}")
     horizon = float(scenario.simulation.horizon if horizon is None else horizon)
-    if not horizon > 0:
-        raise ScenarioError("horizon", f"must be > 0, got {horizon}")
     return name, validated, horizon

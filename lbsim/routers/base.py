@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ScenarioError, unknown
-from ..registry import Registry, field_rows
+from ..registry import Registry, field_rows, first_error, validate_strictly
 
 if TYPE_CHECKING:
     from ..jobs import Job
@@ -217,9 +217,12 @@ def validate_params(name: str, params: dict[str, Any]) -> BaseModel:
     """Check a router's parameters; errors name the key (``router.step: must be > 0, got -1``)."""
     cls = router_class(name)
     try:
-        return cls.Params.model_validate(params)
+        return validate_strictly(cls.Params, params, "router")
     except ValidationError as exc:
-        err = exc.errors()[0]
+        err = first_error(exc)
+        inner = (err.get("ctx") or {}).get("error")
+        if not err["loc"] and isinstance(inner, ScenarioError):  # a check across parameters names its key
+            raise ScenarioError(f"router.{inner.key}", inner.message) from None
         field = str(err["loc"][0]) if err["loc"] else ""
         if err["type"] == "extra_forbidden":
             raise ScenarioError(

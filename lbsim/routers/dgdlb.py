@@ -25,8 +25,9 @@ import math
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..errors import ScenarioError
 from ..simplex import EXCLUDED, SORT_BELOW, project_rows, support_bound
 from .base import SplitRouter, register
 from .fluid_base import FluidContext, FluidRouter, fluid_twin
@@ -55,6 +56,10 @@ def gradient_step(split: np.ndarray, gradient: np.ndarray, eta: float, allowed: 
     return project_rows(v, lower, finite=True)[0]
 
 
+#: the largest ``step * interval * cost_cap``: three orders of magnitude inside double precision (1/eps ~ 4.5e15)
+MAX_STEP_SIZE = 1e12
+
+
 class DGDLBParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     step: float = Field(
@@ -75,6 +80,19 @@ class DGDLBParams(BaseModel):
         gt=0,
         description="cap (s) on the marginal cost 1/mu_j' where the marginal rate vanishes (saturation)",
     )
+
+    @model_validator(mode="after")
+    def _step_within_precision(self) -> DGDLBParams:
+        # The projection compares p_i (in [0, 1]) with step * interval * g_i, g_i up to about
+        # cost_cap: past ~1e15 a double no longer holds p_i beside it and the split becomes NaN.
+        # Far below that every tick already jumps to a vertex, so nothing is lost by refusing it.
+        if self.step * self.interval * self.cost_cap > MAX_STEP_SIZE:
+            raise ScenarioError(
+                "step",
+                f"step * interval * cost_cap must be <= {MAX_STEP_SIZE:.0e} (beyond, the projected split "
+                f"loses all precision), got {self.step:g} * {self.interval:g} * {self.cost_cap:g}",
+            )
+        return self
 
 
 @register
