@@ -182,7 +182,7 @@ def shortfall(scenario: lbsim.Scenario, opt) -> float:
 
 
 def experiment(settings: Settings) -> tuple[pd.DataFrame, dict]:
-    """Every run of the study as a tidy table (one row per scenario, router, job scale, seed or fluid) and the optima."""
+    """Every run as a tidy table (a row per scenario, router, job scale and seed, or fluid model) and the optima."""
     horizon, warmup = settings.pick((150.0, 30.0), (300.0, 60.0))
     scales = settings.pick((0.03,), (0.1, 0.03, 0.01))
     seeds = settings.pick((1,), (1, 2, 3))
@@ -258,7 +258,8 @@ def router_table(table: pd.DataFrame, context: dict, scale: float) -> pd.DataFra
             "workload on them": f"{opt.total_load:.3g}", "workload / optimum": "1",
         })  # fmt: skip
         here = table[table["scenario"] == label]
-        for model, rows_of in (("simulator", here[here["job_scale"] == scale]), ("fluid", here[here["model"] == "fluid"])):
+        simulated, fluid_runs = here[here["job_scale"] == scale], here[here["model"] == "fluid"]
+        for model, rows_of in (("simulator", simulated), ("fluid", fluid_runs)):
             for spec, group in rows_of.groupby("router", sort=False):
                 served, served_ci = _mean_ci(group["served"])
                 work, work_ci = _mean_ci(group["workload"])
@@ -277,11 +278,12 @@ def scaling_table(table: pd.DataFrame, context: dict, router: str = "gmsr") -> p
     rows = []
     for label, opt in context["optima"].items():
         here = table[(table["scenario"] == label) & (table["router"] == router)]
-        growth_opt = float((opt.flow - opt.served)[opt.unstable_backends].sum())
+        unstable = opt.unstable_backends
+        growth_opt = float((opt.flow - opt.served)[unstable].sum())
         for (model, scale), group in here.groupby(["model", "job_scale"], sort=False):
             served, served_ci = _mean_ci(group["served"])
             work, work_ci = _mean_ci(group["workload"])
-            growth, growth_ci = _mean_ci(group["growth"].map(lambda g: float(np.sum(np.asarray(g)[opt.unstable_backends]))))
+            growth, growth_ci = _mean_ci(pd.Series([float(np.sum(np.asarray(g)[unstable])) for g in group["growth"]]))
             rows.append({
                 "scenario": label, "job scale": "fluid" if model == "fluid" else f"{scale:g}",
                 "served / optimum": _fmt(served / opt.throughput, served_ci / opt.throughput, 4),
