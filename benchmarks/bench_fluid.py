@@ -1,5 +1,11 @@
 """Wall time of the fluid model: 100 frontends x 1000 backends, dense, 5-80 ms delays, 1000 s of model time.
 
+Also (``--case stiff``, and printed first by default) issue 13's stiff case:
+GMSR on 2 frontends x 3 backends with no network delay, 200 s of model time,
+which lbsim integrates with LSODA (lbsim/fluid/stiff.py); target: under a
+second. ``--compare-heun`` also runs Heun's method at its default step (about
+1.5 million steps, minutes) for the before/after.
+
 Target: under 30 s for DGD-LB. The scenario is built here (seeded): saturating
 backends ``c ~ U(1, 3)``, ``k = 1`` (so ``mu'(0) <= 3/s``), one-way delays
 ``U(5, 80)`` ms on every edge, demand 70% of the total capacity split evenly
@@ -16,7 +22,7 @@ d/dx[1/mu']``, 100 times one frontend's, and the default 0.05 (like 0.004)
 oscillates here while 0.001 settles. The work per tick is the same either
 way. Wall and CPU time are both printed: on a shared machine they differ.
 
-    python benchmarks/bench_fluid.py [--router dgdlb] [--horizon 1000] [--dt DT]
+    python benchmarks/bench_fluid.py [--case both|stiff|big] [--router dgdlb] [--horizon 1000] [--dt DT]
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import time
 import numpy as np
 
 import lbsim
-from lbsim.fluid import fluid
+from lbsim.fluid import default_time_step, fluid
 
 
 def big_scenario(frontends: int = 100, backends: int = 1000, seed: int = 7, utilisation: float = 0.7) -> lbsim.Scenario:
@@ -48,6 +54,41 @@ def big_scenario(frontends: int = 100, backends: int = 1000, seed: int = 7, util
     )
 
 
+def stiff_scenario() -> lbsim.Scenario:
+    """Issue 13: two frontends, three unlike backends, no delay, GMSR (tests/test_fluid.py's HETEROGENEOUS)."""
+    services = [
+        {"kind": "saturating", "c": 4.0, "k": 2.0},
+        {"kind": "saturating", "c": 3.0, "k": 1.0},
+        {"kind": "exponential", "c": 2.5, "k": 1.5},
+    ]
+    return lbsim.Scenario.from_dict(
+        {
+            "name": "fluid_stiff",
+            "simulation": {"horizon": 200.0, "warmup": 0.0, "sample_interval": 1.0},
+            "frontends": [{"rate": 3.0}, {"rate": 2.5}],
+            "backends": [{"service": s} for s in services],
+            "network": {"delay": 0.0},
+            "router": {"name": "gmsr"},
+        }
+    )
+
+
+def run_stiff(compare_heun: bool) -> None:
+    scenario = stiff_scenario()
+    runs = [("default", None)]
+    if compare_heun:
+        runs.append(("heun", default_time_step(scenario)))
+    for label, dt in runs:
+        cpu, started = _cpu_seconds(), time.perf_counter()
+        result = fluid(scenario, dt=dt)
+        wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+        print(
+            f"fluid gmsr 2 x 3, no delay, 200 s ({label}): {result.method}, {result.steps} steps "
+            f"(mean step {result.dt:.3g} s), wall {wall:.2f} s, CPU {cpu:.2f} s; "
+            f"final load {np.round(result.final_load, 6).tolist()}"
+        )
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -55,6 +96,8 @@ def _cpu_seconds() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--case", choices=["both", "stiff", "big"], default="both")
+    parser.add_argument("--compare-heun", action="store_true", help="stiff case: also Heun's method (minutes)")
     parser.add_argument("--router", default="dgdlb")
     parser.add_argument("--horizon", type=float, default=1000.0)
     parser.add_argument("--dt", type=float, default=None)
@@ -67,6 +110,10 @@ def main() -> None:
     parser.add_argument("--frontends", type=int, default=100)
     parser.add_argument("--backends", type=int, default=1000)
     args = parser.parse_args()
+    if args.case in ("both", "stiff"):
+        run_stiff(args.compare_heun)
+    if args.case == "stiff":
+        return
 
     built = time.perf_counter()
     scenario = big_scenario(args.frontends, args.backends)

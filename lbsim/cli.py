@@ -358,13 +358,14 @@ def sweep(spec, out, workers, executor, scheduler, quiet):
 @click.option("--dt", type=float, help="time step (default: from the delays and the fastest rate)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory")
+@click.option("--quiet", is_flag=True, help="no progress bar")
 @user_errors
-def fluid(scenario, router, horizon, dt, overrides, out):
+def fluid(scenario, router, horizon, dt, overrides, out, quiet):
     """Integrate the fluid model of SCENARIO: timeseries.parquet and routing.parquet, as `lbsim run`."""
     from .fluid import fluid as integrate
 
     s = _load(scenario, _router_switch(scenario, router, overrides))
-    result = integrate(s, horizon=horizon, dt=dt)
+    result = integrate(s, horizon=horizon, dt=dt, progress=not quiet)
     result.write(out)
     for key, value in result.summary().items():
         if not isinstance(value, (list, dict)):
@@ -399,3 +400,28 @@ def scaling(scenario, router, scales, seeds, overrides, out, workers, executor, 
     )  # fmt: skip
     click.echo(result.format_table())
     click.echo(f"wrote {Path(out)}/")
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--out", type=click.Path(dir_okay=False), help="write the scenario to this file instead of printing it")
+@user_errors
+def example(name, out):
+    """List the example scenarios shipped with lbsim, or print scenario NAME (`lbsim example two_regions > my.toml`)."""
+    from . import examples
+
+    if name is None:
+        names = examples.example_names()
+        width = max(len(n) for n in names)
+        for n in names:
+            click.echo(f"{n:<{width}}  {examples.example_summary(n)}")
+        return
+    text = examples.example_text(name)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError("--out", f"cannot write {out}: {exc.strerror}") from None
+    click.echo(f"wrote {Path(out)}", err=True)

@@ -86,6 +86,7 @@ import scipy.sparse.csgraph
 from .errors import ScenarioError
 from .overload import Overload, bottleneck, check_capacity, saturating_routing
 from .rates import RateFamily
+from .threads import blas_threads
 
 __all__ = ["Optimum", "Overload", "kkt_violation", "optimum", "solve", "solve_overload"]
 
@@ -186,6 +187,7 @@ def optimum(scenario: Any, overload: bool = False, **options: Any) -> Optimum | 
     )  # fmt: skip
 
 
+@blas_threads()  # one BLAS thread: faster on small machines (lbsim/threads.py)
 def solve(
     rates: Sequence[RateFamily],
     demand: np.ndarray,

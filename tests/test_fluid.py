@@ -494,3 +494,119 @@ def test_every_fluid_router_is_a_discrete_router():
     for name in FLUID_ROUTERS:
         res = fluid(sc, router=name)
         assert np.isfinite(res.load).all() and (res.load >= 0).all()
+
+
+# -- the stiff solver, long delays, overload, progress, threads ---------------------------------------
+def undelayed_two_frontends(horizon: float, sample_interval: float = 0.25, **simulation) -> lbsim.Scenario:
+    return scenario(
+        HETEROGENEOUS,
+        rates=(3.0, 2.5),
+        horizon=horizon,
+        sample_interval=sample_interval,
+        router="gmsr",
+        network={"delay": 0.0},
+        **simulation,
+    )
+
+
+@pytest.mark.parametrize("schedules", [False, True])
+def test_undelayed_argmin_is_solved_as_a_stiff_ode_as_accurately_as_heun(schedules):
+    """With no delay, GMSR's loop goes to LSODA by itself, and lands at least as close to Heun's dt -> 0 limit.
+
+    The reference is Heun's method at an eighth of its default step (its own
+    error is 1/64 of the default step's, order 2: measured above); the stiff
+    solver must be within the error Heun's method makes at its default step.
+    With ``schedules``, a rate step and a capacity step inside the horizon
+    (LSODA restarts at each: no step straddles a jump).
+    """
+    sc = undelayed_two_frontends(1.2, sample_interval=0.05)
+    if schedules:
+        data = undelayed_two_frontends(1.2, sample_interval=0.05, rate_schedule=[[0.0, 1.0], [0.43, 1.4]]).to_dict()
+        data["backends"][1]["antagonist"] = {"schedule": [[0.71, 0.6]]}
+        sc = lbsim.Scenario.from_dict(data)
+    h = default_time_step(sc)
+    reference = fluid(sc, dt=h / 8)
+    heun = fluid(sc, dt=h)
+    stiff = fluid(sc)
+    assert (heun.method, stiff.method) == ("heun", "lsoda")
+    heun_error = np.abs(heun.load - reference.load).max()
+    stiff_error = np.abs(stiff.load - reference.load).max()
+    print(f"errors against Heun at dt/8: Heun {heun_error:.2e} ({heun.steps} steps), LSODA {stiff_error:.2e} "
+          f"({stiff.steps} steps)")  # fmt: skip
+    assert stiff_error <= heun_error
+    assert np.abs(stiff.split - reference.split).max() <= np.abs(heun.split - reference.split).max() * 1.5
+
+
+def test_undelayed_gmsr_takes_thousands_of_steps_for_200_seconds_not_millions():
+    """Issue 13's case: 2 x 3, no delay, 200 s. Heun's default step would be 1.4e-4 s (1.5 million steps)."""
+    sc = undelayed_two_frontends(200.0, sample_interval=1.0)
+    res = fluid(sc)
+    assert res.method == "lsoda" and res.steps < 5_000
+    assert res.summary()["method"] == "lsoda" and res.summary()["horizon"] == pytest.approx(200.0)
+    # at rest: every used backend at the regularised rest point (KKT with the band), as with Heun
+    assert np.abs(res.final_split.sum(axis=1) - 1.0).max() < 1e-12
+    assert math.isclose(float(res.final_load.sum()), float(res.load[-1].sum()), rel_tol=1e-6)
+
+
+def test_a_delay_beyond_the_horizon_costs_what_the_horizon_costs():
+    """Delays longer than the horizon read only the initial history: the same steps, buffers and trajectory."""
+    from lbsim.fluid.integrator import Integrator
+    from lbsim.fluid.model import FluidModel
+    from lbsim.routers.base import validate_params
+
+    sizes, loads = [], []
+    for delay in (3 * 20.0, 1e5, 1e9):
+        sc = scenario(HETEROGENEOUS, rates=(3.0,), horizon=20.0, router="gmsr", network={"delay": delay})
+        res = fluid(sc)
+        model = FluidModel(sc, 1e-3, None)
+        router = FLUID_ROUTERS["gmsr"]("gmsr", validate_params("gmsr", {}), model)
+        integrator = Integrator(model, router, res.dt, 20.0, False)
+        sizes.append((res.steps, integrator.ring.shape, integrator._window.shape))
+        loads.append(res.load)
+        # nothing arrives within the horizon, so the loads stay at 0
+        assert np.abs(res.load).max() == 0.0
+    assert sizes[0] == sizes[1] == sizes[2]
+    assert sizes[0][1][0] <= 2 * (sizes[0][0] + 6)
+
+
+@pytest.mark.parametrize("router, delay", [("gmsr", 0.0), ("least_load", 0.0), ("random", 0.05), ("dgdlb", 0.05)])
+def test_an_overloaded_backend_grows_at_lambda_minus_its_supremum(router, delay):
+    """One frontend, lambda = 5, its only backend saturating with c = 3, k = 1: x' = (lambda - c) + c k / (k + x).
+
+    So between two times the mean slope is lambda - c plus the mean of
+    c k / (k + x), which lies in (0, c k / (k + x(t1))]. The stiff solver
+    takes large steps on the linear growth (no crawling).
+    """
+    lam, c, k = 5.0, 3.0, 1.0
+    sc = scenario([backend("saturating", c=c, k=k)], rates=(lam,), horizon=400.0, router=router,
+                  network={"delay": delay})  # fmt: skip
+    res = fluid(sc)
+    half = len(res.t) // 2
+    slope = (res.load[-1, 0] - res.load[half, 0]) / (res.t[-1] - res.t[half])
+    assert 0.0 < slope - (lam - c) <= c * k / (k + res.load[half, 0])
+    if delay == 0.0:
+        assert res.method == "lsoda" and res.steps < 2_000
+
+
+def test_progress_is_silent_when_stderr_is_not_a_terminal(capfd):
+    for sc in (undelayed_two_frontends(2.0), two_frontends("dgdlb", horizon=2.0)):
+        quiet, shown = fluid(sc), fluid(sc, progress=True)
+        assert np.array_equal(quiet.load, shown.load)
+    assert capfd.readouterr().err == ""
+
+
+def test_the_optimum_and_the_fluid_model_run_on_one_blas_thread(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from lbsim.threads import blas_threads
+
+    def blas_pools():
+        return [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+
+    seen = []
+    with blas_threads():
+        seen = blas_pools()
+    assert seen and set(seen) == {1}
+    monkeypatch.setenv("LBSIM_BLAS_THREADS", "0")
+    before = blas_pools()
+    with blas_threads():
+        assert blas_pools() == before

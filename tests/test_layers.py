@@ -14,8 +14,8 @@ from pathlib import Path
 import lbsim
 
 LAYERS: list[set[str]] = [
-    {"errors", "files", "events", "jobs", "simplex", "stats"},
-    {"registry"},
+    {"errors", "files", "events", "jobs", "simplex", "stats", "threads"},
+    {"registry", "examples"},
     {"rates", "view", "overload"},
     {"distributions", "optimum"},
     {"llm"},

@@ -603,3 +603,62 @@ def test_ecdf():
     np.testing.assert_allclose(prob, [0.25, 0.5, 0.75, 1.0])
     values, prob = ecdf([])
     assert len(values) == 0 and len(prob) == 0
+
+
+# --------------------------------------------------------------------------
+# the hand-written intervals and ECDF against scipy's own
+
+
+@given(arrays(np.float64, st.integers(2, 60), elements=st.floats(-1e6, 1e6)), st.floats(0.5, 0.999))
+@settings(max_examples=60, deadline=None)
+def test_mean_ci_is_scipy_t_interval(x, level):
+    ci = mean_ci(x, level)
+    sem = sps.sem(x)
+    # scipy gives NaN bounds for a zero standard error; the interval's limit there is the point
+    low, high = sps.t.interval(level, len(x) - 1, loc=np.mean(x), scale=sem) if sem > 0 else (np.mean(x),) * 2
+    scale = 1e-9 * (1.0 + np.abs(x).max())
+    assert ci.low == pytest.approx(low, abs=scale) and ci.high == pytest.approx(high, abs=scale)
+
+
+@pytest.mark.parametrize(("n", "batches", "level"), [(1000, 20, 0.95), (1003, 20, 0.9), (517, 7, 0.99)])
+def test_batch_means_ci_is_a_t_interval_on_the_batch_means(n, batches, level):
+    x, _, _ = mm1(np.random.default_rng(n), 0.7, 1.0, n)
+    ci = batch_means_ci(x, level, batches)
+    m = n // batches
+    means = x[n - batches * m :].reshape(batches, m).mean(axis=1)  # the first n % batches dropped
+    low, high = sps.t.interval(level, batches - 1, loc=x.mean(), scale=sps.sem(means))
+    assert ci.estimate == pytest.approx(x.mean(), rel=1e-12)
+    assert (ci.low, ci.high, ci.n) == (pytest.approx(low, rel=1e-12), pytest.approx(high, rel=1e-12), batches)
+
+
+def test_quantile_ci_replications_is_a_t_interval_around_the_pooled_quantile():
+    rng = np.random.default_rng(5)
+    reps = [rng.exponential(size=n) for n in (400, 500, 600, 450, 550)]
+    ci = quantile_ci_replications(reps, 0.9)
+    per_rep = [np.quantile(r, 0.9) for r in reps]
+    low, high = sps.t.interval(0.95, len(reps) - 1, loc=np.quantile(np.concatenate(reps), 0.9), scale=sps.sem(per_rep))
+    assert (ci.low, ci.high) == (pytest.approx(low, rel=1e-12), pytest.approx(high, rel=1e-12))
+
+
+@pytest.mark.parametrize(("n", "q"), [(20, 0.5), (101, 0.5), (37, 0.3), (1000, 0.9), (1000, 0.99), (5000, 0.999),
+                                      (100, 0.999)])  # fmt: skip
+def test_quantile_ci_is_scipy_quantile_test_interval(n, q):
+    """The order-statistic interval is the one ``scipy.stats.quantile_test`` inverts (its two-sided
+    binomial test), bound for bound, NaN where the sample has no such order statistic."""
+    x = np.random.default_rng(n).exponential(size=n)
+    ci = quantile_ci(x, q, LEVEL)
+    ref = sps.quantile_test(x, q=0.0, p=q).confidence_interval(LEVEL)
+    np.testing.assert_array_equal([ci.low, ci.high], [ref.low, ref.high])
+
+
+@given(arrays(np.float64, st.integers(1, 80), elements=st.sampled_from([0.5, 1.0, 2.0, 3.5]) | st.floats(-10, 10)))
+@settings(max_examples=60, deadline=None)
+def test_ecdf_is_scipy_ecdf(x):
+    """As a step function, ``ecdf`` is ``scipy.stats.ecdf``'s CDF at every point, ties included."""
+    values, prob = ecdf(x)
+    reference = sps.ecdf(x).cdf
+    grid = np.concatenate([values, values - 1e-9, values + 1e-9, [values.min() - 1.0, values.max() + 1.0]])
+    # the step function of (values, prob): the largest prob at a value <= t, 0 before the first
+    ours = np.array([prob[values <= t].max() if (values <= t).any() else 0.0 for t in grid])
+    np.testing.assert_allclose(ours, reference.evaluate(grid), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.unique(values), reference.quantiles)

@@ -292,6 +292,11 @@ class Simulation:
         self.served_end = [0.0] * B
         self.arrived = 0  # also the next job's id
         self.to_backends = 0  # requests on the network, not yet at their backend
+        #: how the run ended ("complete", "job_limit", "drain_limit"); when the clock stopped (the horizon
+        #: or the job limit's sample) and when the run ended (after the drain); where the jobs were then
+        self.status = "complete"
+        self.t_stop = self.t_end = self.horizon
+        self.at_stop: dict[str, int] = {}
         self.wall_seconds = float("nan")
         # Every arrival event gets this one tuple as its callbacks: the kernel only
         # iterates over them, and a new list and bound method per job cost 3%.
@@ -514,8 +519,6 @@ class Simulation:
         # cyclic collector would only rescan the live ones over and over.
         collecting = gc.isenabled()
         gc.disable()
-        #: the run's end: the horizon, where the job limit stopped it, or after the drain
-        self.status, self.t_stop, self.t_end = "complete", self.horizon, self.horizon
         try:
             try:
                 self.env.run_until(self.horizon)
@@ -523,7 +526,6 @@ class Simulation:
                 self.status, self.t_stop, self.t_end = "job_limit", stop.t, stop.t
             else:
                 self._catch_up(self.horizon)
-            #: where the jobs were when the clock reached the horizon (or the job limit stopped it)
             self.at_stop = {
                 "arrived": self.arrived,
                 "to_backends": self.to_backends,

@@ -9,6 +9,8 @@ limit of the stochastic system as ``job_scale -> 0``.
   (:class:`~lbsim.fluid.model.FluidModel`, :class:`~lbsim.fluid.model.RateVector`);
 * :mod:`lbsim.fluid.integrator`: Heun's method with exact arrival integrals
   and delayed observations, and the default time step;
+* :mod:`lbsim.fluid.stiff`: the undelayed loop of an argmin router, a stiff
+  ODE integrated by LSODA (chosen automatically);
 * :mod:`lbsim.fluid.result`: :class:`FluidResult`, the sampled trajectory;
 * :mod:`lbsim.routers.fluid_base`: the fluid twins' base classes and how ties
   are regularised.
@@ -37,9 +39,11 @@ from ..routers.base import validate_params
 from ..routers.dgdlb import critical_gain, dgdlb_critical_step, loop_root
 from ..routers.fluid_base import BAND, FLUID_ROUTERS, FluidRouter, TieRouter, tie_split
 from ..simplex import project_rows, support_bound
+from ..threads import blas_threads
 from .integrator import Integrator, time_step
 from .model import FluidModel, RateVector
 from .result import FluidResult
+from .stiff import StiffIntegrator, undelayed
 
 __all__ = [
     "BAND",
@@ -68,6 +72,7 @@ def fluid(
     *,
     band: float = BAND,
     record_split: bool = True,
+    progress: bool = False,
     **router_params,
 ) -> FluidResult:
     """Integrate the fluid model of ``scenario`` under ``router`` (default: the scenario's).
@@ -80,7 +85,16 @@ def fluid(
     ``horizon`` defaults to the scenario's; ``x0`` is ``None`` (empty), loads
     (B,) or ``"optimum"``; ``band`` regularises the argmin routers (relative
     to the typical cost; 0 is the raw argmin, usable only with delays);
-    ``record_split=False`` keeps no (T, F, B) split history (large scenarios).
+    ``record_split=False`` keeps no (T, F, B) split history (large scenarios);
+    ``progress`` shows a progress bar over model time on stderr (none when
+    stderr is not a terminal).
+
+    The method is chosen from the scenario: an argmin router whose loops
+    have no delay is a stiff ODE, integrated by LSODA
+    (:mod:`lbsim.fluid.stiff`; ``dt`` is then its mean step); everything
+    else, or any given ``dt``, is Heun's method on a fixed grid
+    (:mod:`lbsim.fluid.integrator`). BLAS runs on one thread
+    (:func:`lbsim.threads.blas_threads`).
     """
     started = time.perf_counter()
     name, validated, horizon = _prepare(scenario, router, horizon, band, router_params)
@@ -90,9 +104,24 @@ def fluid(
         fluid_router = FLUID_ROUTERS[name](name, validated, model)
         if fluid_router.observes and model.telemetry == "none":
             raise ScenarioError("network.telemetry", f"router '{name}' needs telemetry; 'none' has no fluid model")
-        dt = time_step(model, fluid_router, horizon, dt)
-        integrator = Integrator(model, fluid_router, dt, horizon, record_split)
-        integrator.run()
+        bar = _progress_bar(horizon) if progress else None
+        update = (lambda t: bar.update(t - bar.n)) if bar is not None else None
+        try:
+            if dt is None and undelayed(model, fluid_router):
+                integrator: Integrator | StiffIntegrator = StiffIntegrator(
+                    model, fluid_router, horizon, record_split, update
+                )
+                method = "lsoda"
+            else:
+                dt = time_step(model, fluid_router, horizon, dt)
+                integrator = Integrator(model, fluid_router, dt, horizon, record_split, update)
+                method = "heun"
+            with blas_threads():
+                integrator.run()
+        finally:
+            if bar is not None:
+                bar.close()
+    steps = integrator.n_steps
     return FluidResult(
         scenario=scenario,
         router=name,
@@ -102,21 +131,30 @@ def fluid(
         split=integrator.sample_split,
         final_load=integrator.x,
         final_split=integrator.p,
-        dt=dt,
+        dt=dt if dt is not None else horizon / max(steps, 1),
+        method=method,
         band=band if isinstance(fluid_router, TieRouter) else None,
         tie_tolerance=fluid_router.eps if isinstance(fluid_router, TieRouter) else None,
-        steps=integrator.n_steps,
+        steps=steps,
         wall_seconds=time.perf_counter() - started,
         x0=model.x0,
     )
 
 
+def _progress_bar(horizon: float) -> Any:
+    """A bar over model seconds, as ``lbsim run``'s (``disable=None``: silent when stderr is not a terminal)."""
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+    return tqdm(total=horizon, unit="s", desc="integrating", leave=False, disable=None)
+
+
 def default_time_step(
     scenario, router: str | None = None, horizon: float | None = None, *, band: float = BAND, **router_params
 ) -> float:
-    """The ``dt`` :func:`fluid` would use for these arguments, without integrating.
+    """Heun's method's default ``dt`` for these arguments, without integrating.
 
-    See :func:`lbsim.fluid.integrator.time_step`.
+    See :func:`lbsim.fluid.integrator.time_step`. It is the step :func:`fluid`
+    takes unless the loop is undelayed (then LSODA chooses its own steps).
     """
     name, validated, horizon = _prepare(scenario, router, horizon, band, router_params)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,10 +83,22 @@ class _Lags:
 class Integrator:
     """Heun's method with exact arrival integrals and history rings (module docstring)."""
 
-    def __init__(self, model: FluidModel, router: FluidRouter, dt: float, horizon: float, record_split: bool):
+    def __init__(
+        self,
+        model: FluidModel,
+        router: FluidRouter,
+        dt: float,
+        horizon: float,
+        record_split: bool,
+        progress: Callable[[float], None] | None = None,
+    ):
         self.model, self.router, self.dt = model, router, dt
+        self.progress = progress
         F, B = model.num_frontends, model.num_backends
         self.n_steps = n_steps = max(1, math.ceil(horizon / dt - 1e-9))
+        # A lag beyond the horizon only ever reads the history before 0 (or lands after the end): capping
+        # it there keeps memory and work tied to the horizon, whatever the delays.
+        beyond = (n_steps + 2) * dt
         sim = model.scenario.simulation
 
         # Samples at k * sample_interval < horizon, as the simulator takes them.
@@ -101,8 +114,8 @@ class Integrator:
         # so the rows k, k-1, ..., k-L+1 are a contiguous range and an index is a constant plus a base).
         self.periodic = model.telemetry == "periodic"
         if router.observes:
-            span = model.observation.max() + (model.period if self.periodic else 0.0)
-            self.obs = _Lags.of(model.observation, dt)
+            span = min(model.observation.max() + (model.period if self.periodic else 0.0), beyond)
+            self.obs = _Lags.of(np.minimum(model.observation, beyond), dt)
             self.ring_len = math.ceil(span / dt) + 3
             cols = np.arange(B)[None, :]
             self._obs_a = cols - self.obs.whole * B
@@ -129,13 +142,16 @@ class Integrator:
         # one sparse (or, when small, dense) matrix maps a flow change (F*B,) to its increments.
         import scipy.sparse
 
-        self.transit = _Lags.of(model.transit, dt)
-        depth = self.transit.steps + 2
+        self.transit = _Lags.of(np.minimum(model.transit, beyond), dt)
+        # Changes on an edge whose transit is the whole horizon or more land after the end: left out,
+        # so the window is as deep as the longest transit that matters.
+        lands = self.transit.whole < n_steps
+        depth = int(self.transit.whole[lands].max(initial=0)) + 2
         rows = (self.transit.whole * B + np.arange(B)[None, :]).reshape(-1)
         cols = np.arange(F * B)
         frac = self.transit.fraction.reshape(-1)
         data = np.concatenate([1.0 - frac, frac])
-        keep = data > 0
+        keep = (data > 0) & np.tile(lands.reshape(-1), 2)
         matrix = scipy.sparse.csr_matrix(
             (data[keep], (np.concatenate([rows, rows + B])[keep], np.concatenate([cols, cols])[keep])),
             shape=(depth * B, F * B),
@@ -264,9 +280,13 @@ class Integrator:
         sample_step, sample_frac = self._sample_step, self._sample_frac
         next_sample, n_samples = 0, len(sample_step)
         changed = True
+        progress = self.progress
+        report_every = max(1, self.n_steps // 1000) if progress is not None else self.n_steps + 1
         for n in range(self.n_steps):
             if n - self._base >= room:
                 self._slide(n)
+            if n % report_every == 0 and progress is not None:
+                progress(n * dt)
             if n in lam_events:
                 scale = lam_events[n]
                 changed = True
@@ -313,6 +333,8 @@ class Integrator:
         if continuous:  # the split at the final state, as the other routers' is
             p = router.split(self.n_steps * dt, observe(self.n_steps))
         self.x, self.p = x, p
+        if progress is not None:
+            progress(self.n_steps * dt)
 
 
 def time_step(model: FluidModel, router: FluidRouter, horizon: float, dt: float | None) -> float:

@@ -36,6 +36,7 @@ class FluidResult:
     split: np.ndarray | None
     final_load: np.ndarray
     final_split: np.ndarray
+    #: the time step (Heun's method), or the mean step (LSODA)
     dt: float
     band: float | None
     #: eps = band * typical cost: the argmin routers' tie band in cost units (None for other routers)
@@ -43,6 +44,8 @@ class FluidResult:
     steps: int
     wall_seconds: float
     x0: np.ndarray | None = field(repr=False, default=None)
+    #: "heun" (fixed steps, :mod:`lbsim.fluid.integrator`) or "lsoda" (undelayed stiff loops, :mod:`lbsim.fluid.stiff`)
+    method: str = "heun"
 
     @cached_property
     def timeseries(self) -> pd.DataFrame:
@@ -119,6 +122,7 @@ class FluidResult:
             "params": self.params,
             "model": "fluid",
             "horizon": float(self.steps * self.dt),
+            "method": self.method,
             "dt": self.dt,
             "steps": self.steps,
             "band": self.band,
