@@ -27,7 +27,7 @@ import common
 #: the results, in the README's order (one script each)
 SCRIPTS = (
     "least_latency_trap", "dgdlb_latency", "dgdlb_stability", "prequal", "llm_global", "llm_serving", "bfio",
-    "fluid_scaling",
+    "fluid_scaling", "gmsr_overload",
 )  # fmt: skip
 
 
