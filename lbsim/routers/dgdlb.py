@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import ScenarioError
 from ..simplex import EXCLUDED, SORT_BELOW, project_rows, support_bound
 from .base import SplitRouter, register
 from .fluid_base import FluidContext, FluidRouter, fluid_twin
@@ -55,6 +56,21 @@ def gradient_step(split: np.ndarray, gradient: np.ndarray, eta: float, allowed: 
     return project_rows(v, lower, finite=True)[0]
 
 
+def given_split(weights: list[float] | list[list[float]], connect: np.ndarray) -> np.ndarray:
+    """``init`` given as weights: B for every frontend or an (F, B) matrix, >= 0, positive somewhere on N(i).
+
+    Returned as (F, B) weights; :meth:`SplitRouter.set_split` renormalises them over N(i).
+    """
+    F, B = connect.shape
+    w = np.array(weights, dtype=float)
+    w = np.broadcast_to(w, (F, B)).copy() if w.shape == (B,) else w
+    if w.shape != (F, B):
+        raise ScenarioError("router.init", f"weights must have {B} entries or be {F} x {B}, got shape {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any() or not ((w * connect).sum(axis=1) > 0).all():
+        raise ScenarioError("router.init", "weights must be finite, >= 0 and positive on a usable backend")
+    return w
+
+
 class DGDLBParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     step: float = Field(
@@ -66,9 +82,12 @@ class DGDLBParams(BaseModel):
         ),
     )
     interval: float = Field(0.1, gt=0, description="seconds between gradient steps")
-    init: Literal["uniform", "nearest", "optimal"] = Field(
+    init: Literal["uniform", "nearest", "optimal"] | list[float] | list[list[float]] = Field(
         "uniform",
-        description="initial split: 'uniform' over N(i), 'nearest' (all on the closest backends) or 'optimal'",
+        description=(
+            "initial split: 'uniform' over N(i), 'nearest' (all on the closest backends), 'optimal', "
+            "or weights (B for every frontend, or an F x B matrix) renormalised over N(i)"
+        ),
     )
     cost_cap: float = Field(
         COST_CAP,
@@ -125,9 +144,16 @@ class DGDLB(SplitRouter):
         self._allowed = None if ctx.connect.all() else ctx.connect
         self.set_split(self.initial_split(params.init))
 
-    def initial_split(self, init: str) -> np.ndarray:
+    @classmethod
+    def check_scenario(cls, params: DGDLBParams, scenario: Any) -> None:
+        if not isinstance(params.init, str):
+            given_split(params.init, scenario.connect)
+
+    def initial_split(self, init: str | list[float] | list[list[float]]) -> np.ndarray:
         ctx = self.ctx
         connect = ctx.connect
+        if not isinstance(init, str):
+            return given_split(init, connect)
         if init == "uniform":
             return connect.astype(float)
         if init == "nearest":
