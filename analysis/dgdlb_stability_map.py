@@ -175,12 +175,13 @@ def run(settings: Settings) -> Section:
             sim.append(late_swing(edge["t"].to_numpy(), edge["prob"].to_numpy(), sim_horizon, LATE))
         shown[(multiple, split)] = outputs[k]["routing"]
         oscillating = sum(w > SIM_SWING for w in sim)
+        majority = "oscillates" if oscillating * 2 > len(sim) else "settles"
         swing = fluid_swing(scenario, multiple * predicted, split, 0.0, x_star, horizon)
         rows.append({
             "step / critical": multiple, "initial split p_a(0)": split_label(split),
             "fluid swing": swing, "fluid": outcome(swing),
             "simulated swing (median)": float(np.median(sim)),
-            "simulated": f"{'oscillates' if oscillating * 2 > len(sim) else 'settles'} ({oscillating}/{len(sim)} seeds oscillate)",
+            "simulated": f"{majority} ({oscillating}/{len(sim)} seeds oscillate)",
         })  # fmt: skip
     confirmed = pd.DataFrame(rows)
     cells_md = common.write_table(confirmed, settings, "dgdlb_stability_map_cells", digits=3)
@@ -188,8 +189,8 @@ def run(settings: Settings) -> Section:
     # Figure 1: the late swing over (step multiple, initial split), one panel per initial load.
     import seaborn as sns
 
-    figure, axes = plots.new_figure(len(loads), 1, figsize=(max(7.0, 0.42 * len(multiples) + 2.5), 1.0 + 1.5 * len(loads)),
-                                    sharex=True)  # fmt: skip
+    size = (max(7.0, 0.42 * len(multiples) + 2.5), 1.0 + 1.5 * len(loads))
+    figure, axes = plots.new_figure(len(loads), 1, figsize=size, sharex=True)
     axes = np.atleast_1d(axes)
     for ax, load in zip(axes, loads):
         grid_swing = table[table["load"] == load].pivot(index="split", columns="multiple", values="swing")
@@ -241,8 +242,9 @@ def run(settings: Settings) -> Section:
     headline = (
         f"every start settles up to {worst:g}x the linearised critical step ({worst * predicted:.3f}); "
         f"the uniform start up to {uniform:g}x; simulated cells: "
-        + "; ".join(f"{r['step / critical']:g}x from {r['initial split p_a(0)']} {r['simulated'].split(' ')[0]}"
-                    for r in rows)  # fmt: skip
+        + "; ".join(
+            f"{r['step / critical']:g}x from {r['initial split p_a(0)']} {r['simulated'].split(' ')[0]}" for r in rows
+        )
     )
     text = (
         "`scenarios/dgdlb_stability_map.toml` (the loop of `dgdlb_step.toml`). Fluid model from a grid of "

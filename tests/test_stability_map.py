@@ -75,16 +75,16 @@ def test_the_full_swing_is_a_limit_cycle_not_a_slow_decay(loop):
 
 
 def test_dgdlb_starts_from_given_weights(loop):
-    scenario, _, critical = loop
+    scenario = loop[0]
     tilted = scenario.replace(**{"router.init": [3.0, 1.0]})
     assert np.allclose(fluid(tilted, horizon=1.0).split[0, 0], [0.75, 0.25])
     result = lbsim.simulate(tilted.replace(**{"simulation.horizon": 5.0, "simulation.warmup": 1.0}))
     assert result.routing["prob"].iloc[0] == pytest.approx(0.75)
-    with pytest.raises(ScenarioError, match="router.init"):
+    with pytest.raises(ScenarioError, match=r"router\.init"):
         scenario.replace(**{"router.init": [1.0, 0.0, 0.0]})
-    with pytest.raises(ScenarioError, match="router.init"):
+    with pytest.raises(ScenarioError, match=r"router\.init"):
         scenario.replace(**{"router.init": [0.0, 0.0]})
-    with pytest.raises(ScenarioError, match="router.init"):
+    with pytest.raises(ScenarioError, match=r"router\.init"):
         scenario.replace(**{"router.init": [-1.0, 2.0]})
 
 

@@ -145,9 +145,10 @@ class DGDLB(SplitRouter):
         self.set_split(self.initial_split(params.init))
 
     @classmethod
-    def check_scenario(cls, params: DGDLBParams, scenario: Any) -> None:
-        if not isinstance(params.init, str):
-            given_split(params.init, scenario.connect)
+    def check_scenario(cls, params: BaseModel, scenario: Any) -> None:
+        init = params.init  # type: ignore[attr-defined]  # a DGDLBParams
+        if not isinstance(init, str):
+            given_split(init, scenario.connect)
 
     def initial_split(self, init: str | list[float] | list[list[float]]) -> np.ndarray:
         ctx = self.ctx
