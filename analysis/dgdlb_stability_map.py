@@ -31,7 +31,7 @@ the end of the run (a slowly growing or decaying oscillation near the limit).
 The simulator (``lbsim.simulate``, job scale ``JOB_SCALE``, a few seeds,
 empty start) confirms a few cells: 0.8x from uniform and from every job on
 pool-a, 0.5x and 1.2x from both. Its noise keeps a settled split's swing at
-0.1-0.15 at job scale 0.001, so a simulated cell oscillates when its swing
+0.04-0.15 at job scale 0.001, so a simulated cell oscillates when its swing
 is above ``SIM_SWING`` = 0.5, halfway between the two attractors.
 
 Writes ``dgdlb_stability_map.png`` (heat map of the late swing over step
@@ -63,7 +63,7 @@ TILT = 1e-3
 SETTLED = 0.01
 #: late swing above which the loop is on the full-swing limit cycle (the projection clips it at 0 and 1)
 FULL_SWING = 0.9
-#: a simulated cell oscillates above this swing (noise keeps a settled one at 0.1-0.15 at JOB_SCALE)
+#: a simulated cell oscillates above this swing (noise keeps a settled one at 0.04-0.15 at JOB_SCALE)
 SIM_SWING = 0.5
 #: the simulator's job scale for the confirmed cells: at 0.01 noise knocks the loop off the limit cycle at 0.8x
 JOB_SCALE = 0.001
