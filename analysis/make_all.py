@@ -26,8 +26,8 @@ import common
 
 #: the results, in the README's order (one script each)
 SCRIPTS = (
-    "least_latency_trap", "dgdlb_latency", "dgdlb_stability", "prequal", "llm_global", "llm_serving", "bfio",
-    "fluid_scaling", "gmsr_overload",
+    "least_latency_trap", "dgdlb_latency", "dgdlb_stability", "dgdlb_stability_map", "prequal", "llm_global",
+    "llm_serving", "bfio", "fluid_scaling", "gmsr_overload",
 )  # fmt: skip
 
 

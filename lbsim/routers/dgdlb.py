@@ -58,6 +58,19 @@ def gradient_step(split: np.ndarray, gradient: np.ndarray, eta: float, allowed: 
 
 #: the largest ``step * interval * cost_cap``: three orders of magnitude inside double precision (1/eps ~ 4.5e15)
 MAX_STEP_SIZE = 1e12
+def given_split(weights: list[float] | list[list[float]], connect: np.ndarray) -> np.ndarray:
+    """``init`` given as weights: B for every frontend or an (F, B) matrix, >= 0, positive somewhere on N(i).
+
+    Returned as (F, B) weights; :meth:`SplitRouter.set_split` renormalises them over N(i).
+    """
+    F, B = connect.shape
+    w = np.array(weights, dtype=float)
+    w = np.broadcast_to(w, (F, B)).copy() if w.shape == (B,) else w
+    if w.shape != (F, B):
+        raise ScenarioError("router.init", f"weights must have {B} entries or be {F} x {B}, got shape {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any() or not ((w * connect).sum(axis=1) > 0).all():
+        raise ScenarioError("router.init", "weights must be finite, >= 0 and positive on a usable backend")
+    return w
 
 
 class DGDLBParams(BaseModel):
@@ -71,9 +84,12 @@ class DGDLBParams(BaseModel):
         ),
     )
     interval: float = Field(0.1, gt=0, description="seconds between gradient steps")
-    init: Literal["uniform", "nearest", "optimal"] = Field(
+    init: Literal["uniform", "nearest", "optimal"] | list[float] | list[list[float]] = Field(
         "uniform",
-        description="initial split: 'uniform' over N(i), 'nearest' (all on the closest backends) or 'optimal'",
+        description=(
+            "initial split: 'uniform' over N(i), 'nearest' (all on the closest backends), 'optimal', "
+            "or weights (B for every frontend, or an F x B matrix) renormalised over N(i)"
+        ),
     )
     cost_cap: float = Field(
         COST_CAP,
@@ -143,9 +159,17 @@ class DGDLB(SplitRouter):
         self._allowed = None if ctx.connect.all() else ctx.connect
         self.set_split(self.initial_split(params.init))
 
-    def initial_split(self, init: str) -> np.ndarray:
+    @classmethod
+    def check_scenario(cls, params: BaseModel, scenario: Any) -> None:
+        init = params.init  # type: ignore[attr-defined]  # a DGDLBParams
+        if not isinstance(init, str):
+            given_split(init, scenario.connect)
+
+    def initial_split(self, init: str | list[float] | list[list[float]]) -> np.ndarray:
         ctx = self.ctx
         connect = ctx.connect
+        if not isinstance(init, str):
+            return given_split(init, connect)
         if init == "uniform":
             return connect.astype(float)
         if init == "nearest":
