@@ -167,6 +167,11 @@ def optimum(scenario: Any, overload: bool = False, **options: Any) -> Optimum | 
     defined whether or not the demand can be served; the capacities are the
     scenario's ``supremum`` (mu at a backend's load limit where it has one).
     """
+    if not all(hasattr(scenario, name) for name in ("demand", "delay", "connect", "service_rates")):
+        raise ScenarioError(
+            "scenario",
+            f"must be a Scenario (lbsim.load_scenario(path) reads one), got {type(scenario).__name__}",
+        )
     F, B = np.shape(scenario.connect)
     fl = getattr(scenario, "frontend_label", None)
     bl = getattr(scenario, "backend_label", None)

@@ -318,9 +318,17 @@ class JitterTable(_Table):
         return make_distribution(str(self.kind), dict(self.model_extra or {}), "network.jitter", field="kind")
 
 
+def _zero_one(value: Any) -> Any:
+    """A 0/1 matrix is a common way to write a compatibility graph: integers 0 and 1 read as false and true
+    (and nothing else does: strict mode still refuses 2, 0.0 or "yes")."""
+    return bool(value) if type(value) is int and value in (0, 1) else value
+
+
 class NetworkTable(_Table):
     delay: list[list[float]] | float = Field(0.0, description="F x B one-way delays d_ij (s), or one number for all")
-    connect: list[list[bool]] | None = Field(None, description="F x B: may frontend i use backend j (default all)")
+    connect: list[list[Annotated[bool, BeforeValidator(_zero_one)]]] | None = Field(
+        None, description="F x B: may frontend i use backend j (default all; true/false or 1/0)"
+    )
     telemetry: Literal["delayed", "periodic", "instant", "none"] = "delayed"
     period: float = Field(1.0, gt=0, description="periodic telemetry: report interval (s)")
     jitter: JitterTable | None = Field(

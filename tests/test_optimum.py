@@ -390,3 +390,12 @@ def test_optimum_reads_the_scenario_and_is_json_friendly() -> None:
     assert np.allclose(data["routing"], opt.routing)
     assert data["mean_latency"] == opt.mean_latency
     check_kkt(opt, scenario.service_rates, scenario.demand, scenario.delay, scenario.connect)
+
+
+@pytest.mark.parametrize("wrong", [{"frontends": []}, "scenarios/two_regions.toml", 3])
+def test_optimum_names_a_wrong_scenario_argument(wrong):
+    import lbsim
+
+    with pytest.raises(ScenarioError) as err:
+        lbsim.optimum(wrong)
+    assert err.value.key == "scenario"

@@ -518,3 +518,14 @@ def test_the_limits_leave_room_for_long_fine_runs():
     data["simulation"]["sample_interval"] = 100.0 / 10**8
     data["network"]["delay"] = 44.9
     lbsim.Scenario.from_dict(data)
+
+
+def test_connect_reads_a_zero_one_matrix_as_booleans():
+    """A 0/1 compatibility matrix (a common way to write one) is the same graph as true/false; 2 is not a flag."""
+    base = {"frontends": [{"rate": 1.0}] * 2, "backends": [{"service": {"kind": "constant", "c": 2.0}}] * 2}
+    ones = lbsim.Scenario.from_dict({**base, "network": {"connect": [[1, 0], [1, 1]]}})
+    flags = lbsim.Scenario.from_dict({**base, "network": {"connect": [[True, False], [True, True]]}})
+    assert (ones.connect == flags.connect).all() and ones.connect.dtype == bool
+    with pytest.raises(lbsim.ScenarioError) as err:
+        lbsim.Scenario.from_dict({**base, "network": {"connect": [[1, 2], [1, 1]]}})
+    assert err.value.key == "network.connect[0][1]"
