@@ -394,8 +394,6 @@ def test_optimum_reads_the_scenario_and_is_json_friendly() -> None:
 
 @pytest.mark.parametrize("wrong", [{"frontends": []}, "scenarios/two_regions.toml", 3])
 def test_optimum_names_a_wrong_scenario_argument(wrong):
-    import lbsim
-
     with pytest.raises(ScenarioError) as err:
-        lbsim.optimum(wrong)
+        optimum(wrong)
     assert err.value.key == "scenario"
