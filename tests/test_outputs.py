@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 import lbsim
 from lbsim.cli import main
-from lbsim.engine.result import mean_multiplier, offered_load
+from lbsim.engine.result import offered_load
+from lbsim.engine.simulation import mean_multiplier
 from lbsim.errors import ScenarioError
 from lbsim.experiments import compare, execute, sweep
 from lbsim.experiments.executors import run_cost

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -228,7 +227,7 @@ def offered_load(scenario: Any, start: float | None = None, end: float | None = 
     section 1); by default the window is ``[warmup, horizon]``. A trace
     frontend offers its trace's rate (schedules do not apply to traces).
     """
-    from .simulation import combine_schedules
+    from .simulation import combine_schedules, mean_multiplier
 
     sim = scenario.simulation
     start = sim.warmup if start is None else start
@@ -241,25 +240,6 @@ def offered_load(scenario: Any, start: float | None = None, end: float | None = 
         schedule = combine_schedules(sim.rate_schedule, frontend.rate_schedule)
         total += frontend.demand * mean_multiplier(schedule, start, end)
     return float(total)
-
-
-def mean_multiplier(schedule: Sequence[tuple[float, float]] | None, start: float, end: float) -> float:
-    """Time average over ``[start, end]`` of a piecewise-constant multiplier (1 before its first breakpoint)."""
-    if not schedule:
-        return 1.0
-    if end <= start:  # an empty window: the multiplier in force at start
-        return _multiplier_at(schedule, start)
-    breaks = [start] + [t for t, _ in schedule if start < t < end] + [end]
-    area = sum((b - a) * _multiplier_at(schedule, a) for a, b in itertools.pairwise(breaks))
-    return area / (end - start)
-
-
-def _multiplier_at(schedule: Sequence[tuple[float, float]], t: float) -> float:
-    value = 1.0
-    for start, m in schedule:
-        if start <= t:
-            value = m
-    return value
 
 
 def _model_outputs(sim: Any, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:

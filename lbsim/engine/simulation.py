@@ -20,9 +20,10 @@ network hop with a nonzero delay.
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from heapq import heappush
 from typing import cast
 
@@ -139,21 +140,33 @@ class TraceStream(ArrivalStream):
         self.times, self.sizes, self.tokens = [math.inf], [0.0], [(0, 0)]
 
 
+def multiplier_at(schedule: Sequence[tuple[float, float]], t: float) -> float:
+    """A piecewise-constant multiplier's value at ``t`` (1 before its first breakpoint)."""
+    value = 1.0
+    for start, m in schedule:
+        if start <= t:
+            value = m
+    return value
+
+
+def mean_multiplier(schedule: Sequence[tuple[float, float]] | None, start: float, end: float) -> float:
+    """Time average over ``[start, end]`` of a piecewise-constant multiplier (1 before its first breakpoint)."""
+    if not schedule:
+        return 1.0
+    if end <= start:  # an empty window: the multiplier in force at start
+        return multiplier_at(schedule, start)
+    breaks = [start] + [t for t, _ in schedule if start < t < end] + [end]
+    area = sum((b - a) * multiplier_at(schedule, a) for a, b in itertools.pairwise(breaks))
+    return area / (end - start)
+
+
 def combine_schedules(*schedules: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
     """The product of piecewise-constant multipliers (each 1 before its first breakpoint)."""
     given = [s for s in schedules if s]
     if len(given) <= 1:
         return given[0] if given else None
     times = sorted({t for s in given for t, _ in s})
-
-    def at(schedule: list[tuple[float, float]], t: float) -> float:
-        value = 1.0
-        for start, m in schedule:
-            if start <= t:
-                value = m
-        return value
-
-    return [(t, math.prod(at(s, t) for s in given)) for t in times]
+    return [(t, math.prod(multiplier_at(s, t) for s in given)) for t in times]
 
 
 class Simulation:

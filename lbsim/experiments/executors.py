@@ -215,27 +215,35 @@ def _start_worker(parent: int) -> None:
 
 
 def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, Any], None, None]:
+    cluster = client = None
+    futures: list[Any] = []
+    # A Ctrl-C while dask is imported and the cluster starts would surface as an ImportError or a half-made
+    # cluster: it is held back until the cluster is up, then closes it like any other (exit status 130).
+    # (Workers spawned in those seconds still see it: a spawned process starts with no signal blocked.)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        from distributed import Client, LocalCluster
-        from distributed import as_completed as dask_completed
-    except ImportError:
-        raise ScenarioError("executor", "'dask' needs dask.distributed: pip install 'lbsim[dask]'") from None
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,  # a task's error comes back through its future; the rest is noise
-        )
-        client = Client(cluster)
-    elif isinstance(scheduler, str):
-        client = _connect(Client, scheduler)
-    else:  # an existing Client: the caller owns it
-        client = scheduler
-    futures = []
-    try:
+        try:
+            try:
+                from distributed import Client, LocalCluster
+                from distributed import as_completed as dask_completed
+            except ImportError:
+                raise ScenarioError("executor", "'dask' needs dask.distributed: pip install 'lbsim[dask]'") from None
+            if scheduler is None:
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.CRITICAL,  # a task's error comes back through its future; the rest is noise
+                )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if cluster is not None:
+            client = Client(cluster)
+        elif isinstance(scheduler, str):
+            client = _connect(Client, scheduler)
+        else:  # an existing Client: the caller owns it
+            client = scheduler
         _check_worker_versions(client)
         # The key names the function too: a sweep and a comparison may share a configuration.
         prefix = f"lbsim-{function.__name__.strip('_')}-"
@@ -246,9 +254,10 @@ def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, A
             future.release()
             yield key, result
     finally:
-        client.cancel([f for f in futures if not f.done()])
-        if client is not scheduler:
-            client.close()
+        if client is not None:
+            client.cancel([f for f in futures if not f.done()])
+            if client is not scheduler:
+                client.close()
         if cluster is not None:
             cluster.close()
 

@@ -15,7 +15,6 @@ import copy
 import hashlib
 import itertools
 import json
-import math
 import re
 import warnings
 from collections.abc import Iterator, Mapping
@@ -25,6 +24,7 @@ from typing import Any
 
 from ..engine import Simulation
 from ..errors import ScenarioError, unknown
+from ..files import toml_inline
 from ..registry import check_finite
 from ..scenario import MAX_SEED, Scenario, parse_value, read_toml
 
@@ -123,23 +123,10 @@ def _label_value(value: Any) -> str:
 
 def toml_value(value: Any) -> str:
     """``value`` written as a TOML value, so that ``parse_value(toml_value(v)) == v`` (for ``--set``)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")  # TOML forbids a raw DEL
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise ScenarioError("", f"cannot use {value!r} as a scenario value")
+    try:
+        return toml_inline(value)
+    except TypeError:
+        raise ScenarioError("", f"cannot use {value!r} as a scenario value") from None
 
 
 # -- sweep specifications --------------------------------------------------------------------
