@@ -558,8 +558,12 @@ def test_a_delay_beyond_the_horizon_costs_what_the_horizon_costs():
 
     sizes, loads = [], []
     for delay in (3 * 20.0, 1e5, 1e9):
-        sc = scenario(HETEROGENEOUS, rates=(3.0,), horizon=20.0, router="gmsr", network={"delay": delay})
-        res = fluid(sc)
+        # (the scenario must outlast its delays to load, as a simulation would never return a job otherwise;
+        # the fluid model then integrates only 20 s of it)
+        sc = scenario(
+            HETEROGENEOUS, rates=(1e-3,), horizon=3e9, sample_interval=1e3, router="gmsr", network={"delay": delay}
+        )
+        res = fluid(sc, horizon=20.0)
         model = FluidModel(sc, 1e-3, None)
         router = FLUID_ROUTERS["gmsr"]("gmsr", validate_params("gmsr", {}), model)
         integrator = Integrator(model, router, res.dt, 20.0, False)

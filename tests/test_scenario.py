@@ -500,7 +500,8 @@ def test_strict_tables_round_trip_through_to_dict():
         ({"network.telemetry": "periodic", "network.period": 1e-7}, "network.period"),
         ({"router": {"name": "dgdlb", "interval": 1e-7}}, "router.interval"),
         ({"frontends.0.rate": 1e9}, "frontends[0].rate"),  # 1e11 jobs over 100 s
-        ({"network.delay": 45.0}, "network.delay"),  # round trip 90 s = horizon - warmup
+        ({"network.delay": 57.5}, "network.delay"),  # round trip 115 s = horizon + drain (100 / 4) - warmup
+        ({"network.delay": 45.0, "simulation.drain": False}, "network.delay"),  # 90 s = horizon - warmup
     ],
 )
 def test_work_that_never_finishes_is_refused_at_load(override, key):
@@ -513,10 +514,10 @@ def test_work_that_never_finishes_is_refused_at_load(override, key):
 
 
 def test_the_limits_leave_room_for_long_fine_runs():
-    """Just inside each limit loads: 1e8 samples, a round trip shorter than the window."""
+    """Just inside each limit loads: 1e8 samples, a round trip shorter than the window and its drain."""
     data = copy.deepcopy(BASE)
     data["simulation"]["sample_interval"] = 100.0 / 10**8
-    data["network"]["delay"] = 44.9
+    data["network"]["delay"] = 57.4
     lbsim.Scenario.from_dict(data)
 
 

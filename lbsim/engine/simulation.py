@@ -47,8 +47,6 @@ STREAMS = ("arrivals", "sizes", "router", "network", "antagonist", "backends")
 
 _new = object.__new__
 BATCH = 4096  # random draws are made in numpy batches: one numpy call per job would dominate
-#: the default longest drain, as a fraction of the horizon (a stable system's tail is far shorter)
-DRAIN_LIMIT = 0.25
 
 
 def spawn_streams(seed: int, frontends: int, backends: int) -> dict[str, list[np.random.Generator]]:
@@ -231,7 +229,7 @@ class Simulation:
         #: The drain (docs/model.md section 3.3): after the horizon the run goes on as before, arrivals
         #: and all, until every job that arrived before the horizon has been served; the later arrivals
         #: are not measured. Without it the summary drops the jobs still in the system at the horizon.
-        self.drain_limit = (sim.drain_limit or DRAIN_LIMIT * self.horizon) if sim.drain else None
+        self.drain_limit = sim.drain_seconds if sim.drain else None
         #: arrivals and router ticks go on until here; samples stop at the horizon
         self.arrivals_until = self.horizon + (self.drain_limit or 0.0)
         self.max_jobs_in_system = sim.max_jobs_in_system
