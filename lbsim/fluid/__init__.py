@@ -138,6 +138,9 @@ def fluid(
         steps=steps,
         wall_seconds=time.perf_counter() - started,
         x0=model.x0,
+        served=integrator.sample_served,
+        final_served=integrator.served,
+        served_warmup=integrator.served_warmup,
     )
 
 
