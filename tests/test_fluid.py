@@ -588,6 +588,36 @@ def test_an_overloaded_backend_grows_at_lambda_minus_its_supremum(router, delay)
         assert res.method == "lsoda" and res.steps < 2_000
 
 
+def test_short_herding_delays_go_to_lsoda_within_one_loop_delay_of_the_delayed_trajectory():
+    """GMSR with 1 ms delays: the loop herds (``R T`` about 14) and is short (``r T`` below 1%), so LSODA.
+
+    Issue 13's accuracy target: at least as close to the delayed trajectory
+    (Heun's method at an eighth of its default step) as Heun's default step,
+    and within the stated bound ``Lambda T_max`` (lbsim/fluid/stiff.py).
+    """
+    sc = undelayed_two_frontends(3.0, sample_interval=0.01).replace(**{"network.delay": 0.001})
+    short = fluid(sc)
+    assert short.method == "lsoda" and short.neglected_delay == pytest.approx(0.002)
+    assert short.summary()["neglected_delay"] == pytest.approx(0.002)
+    h = default_time_step(sc)
+    assert h == pytest.approx(0.0005)  # today's step: half the delay
+    reference, heun = fluid(sc, dt=h / 8), fluid(sc, dt=h)
+    heun_error = np.abs(heun.load - reference.load).max()
+    short_error = np.abs(short.load - reference.load).max()
+    print(f"errors against Heun at dt/8: Heun {heun_error:.2e} ({heun.steps} steps), LSODA {short_error:.2e} "
+          f"({short.steps} steps)")  # fmt: skip
+    assert short_error <= heun_error
+    assert short_error <= sc.demand.sum() * short.neglected_delay
+
+
+@pytest.mark.parametrize("delay", [1e-4, 0.01])
+def test_delays_outside_the_short_herding_regime_keep_heun(delay):
+    """0.1 ms: ``R T`` about 1.4, the loop does not herd (Heun is O(dt^2) there); 10 ms: ``r T`` above 1%."""
+    sc = undelayed_two_frontends(0.01).replace(**{"network.delay": delay})
+    res = fluid(sc)
+    assert res.method == "heun" and res.neglected_delay == 0.0
+
+
 # -- served work -----------------------------------------------------------------------------------
 def test_heun_served_work_is_arrived_work_minus_the_load_per_backend():
     """A static split with off-grid delays: ``arrived_j(t) = sum_i lambda_i p_ij max(0, t - d_ij)`` in closed form.

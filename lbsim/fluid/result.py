@@ -51,6 +51,8 @@ class FluidResult:
     #: "heun" (fixed steps, :mod:`lbsim.fluid.integrator`) or "lsoda" (undelayed stiff loops, :mod:`lbsim.fluid.stiff`)
     method: str = "heun"
     served: np.ndarray | None = field(repr=False, default=None)
+    #: the longest loop delay left out (LSODA on short delays, :func:`lbsim.fluid.stiff.short_delays`), else 0
+    neglected_delay: float = 0.0
     final_served: np.ndarray | None = field(repr=False, default=None)
     served_warmup: np.ndarray | None = field(repr=False, default=None)
 
@@ -143,6 +145,7 @@ class FluidResult:
             "model": "fluid",
             "horizon": float(self.steps * self.dt),
             "method": self.method,
+            "neglected_delay": self.neglected_delay,
             "dt": self.dt,
             "steps": self.steps,
             "band": self.band,
