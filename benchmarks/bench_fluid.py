@@ -22,7 +22,8 @@ d/dx[1/mu']``, 100 times one frontend's, and the default 0.05 (like 0.004)
 oscillates here while 0.001 settles. The work per tick is the same either
 way. Wall and CPU time are both printed: on a shared machine they differ.
 
-``--case short`` is the same 2 x 3 GMSR with 1 ms one-way delays, 200 s: short herding loops go to LSODA too (lbsim/fluid/stiff.py,
+``--case short`` is the same 2 x 3 GMSR with 1 ms one-way delays, 200 s: short
+herding loops go to LSODA too (lbsim/fluid/stiff.py,
 ``short_delays``); before, Heun's method at half the delay (400 000 steps).
 
 ``--interleave BEFORE_DIR`` measures before/after: it runs each case in a
@@ -111,7 +112,8 @@ def run_short(delays: tuple[float, ...] = (0.001,)) -> None:
         result = fluid(scenario)
         wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
         print(
-            f"fluid gmsr 2 x 3, delay {delay * 1000:g} ms, 200 s: {getattr(result, 'method', 'heun')}, {result.steps} steps, "
+            f"fluid gmsr 2 x 3, delay {delay * 1000:g} ms, 200 s: {getattr(result, 'method', 'heun')}, "
+            f"{result.steps} steps, "
             f"wall {wall:.2f} s, CPU {cpu:.2f} s; final load {np.round(result.final_load, 4).tolist()}"
         )
 
@@ -122,7 +124,9 @@ def interleave(before: str, cases: list[str], rounds: int, extra: list[str]) -> 
     figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for r in range(rounds):
         for case in cases:
-            for label, path in (("before", before), ("after", after)) if r % 2 == 0 else (("after", after), ("before", before)):
+            for label, path in (
+                (("before", before), ("after", after)) if r % 2 == 0 else (("after", after), ("before", before))
+            ):
                 env = {**os.environ, "PYTHONPATH": path}
                 command = [sys.executable, __file__, "--case", case, *extra]
                 cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -139,8 +143,8 @@ def interleave(before: str, cases: list[str], rounds: int, extra: list[str]) -> 
         b, a = figures[(case, "before")], figures[(case, "after")]
         ratios = [x[0] / y[0] for x, y in zip(b, a)]
         print(
-            f"{case}: before CPU {statistics.median(x[0] for x in b):.2f} s wall {statistics.median(x[1] for x in b):.2f}"
-            f" s; after CPU {statistics.median(x[0] for x in a):.2f} s wall {statistics.median(x[1] for x in a):.2f} s;"
+            f"{case}: before CPU {statistics.median(x[0] for x in b):.2f} s"
+            f" wall {statistics.median(x[1] for x in b):.2f} s; after CPU {statistics.median(x[0] for x in a):.2f} s wall {statistics.median(x[1] for x in a):.2f} s;"
             f" before/after CPU per round {', '.join(f'{q:.2f}' for q in ratios)}"
         )
 

@@ -5,7 +5,8 @@ backends (random parameters), total demand 70% of the total capacity (an
 unbounded family counts its rate at load 4). Prints the wall time of
 ``lbsim.optimum.solve`` (best of ``--repeat``, the least disturbed by other
 load on the machine) and its CPU time (all threads: steadier on a shared
-machine; ``LBSIM_BLAS_THREADS=0`` leaves the BLAS pools at their size), its Newton iterations, and the largest KKT violation:
+machine; ``LBSIM_BLAS_THREADS=0`` leaves the BLAS pools at their size), its Newton
+iterations, and the largest KKT violation:
 the relative excess of a used edge's cost ``2 d_ij + pi_j`` over its
 frontend's cheapest edge.
 
