@@ -144,7 +144,8 @@ def interleave(before: str, cases: list[str], rounds: int, extra: list[str]) -> 
         ratios = [x[0] / y[0] for x, y in zip(b, a)]
         print(
             f"{case}: before CPU {statistics.median(x[0] for x in b):.2f} s"
-            f" wall {statistics.median(x[1] for x in b):.2f} s; after CPU {statistics.median(x[0] for x in a):.2f} s wall {statistics.median(x[1] for x in a):.2f} s;"
+            f" wall {statistics.median(x[1] for x in b):.2f} s; after CPU {statistics.median(x[0] for x in a):.2f} s"
+            f" wall {statistics.median(x[1] for x in a):.2f} s;"
             f" before/after CPU per round {', '.join(f'{q:.2f}' for q in ratios)}"
         )
 
