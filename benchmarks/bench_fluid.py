@@ -22,14 +22,30 @@ d/dx[1/mu']``, 100 times one frontend's, and the default 0.05 (like 0.004)
 oscillates here while 0.001 settles. The work per tick is the same either
 way. Wall and CPU time are both printed: on a shared machine they differ.
 
-    python benchmarks/bench_fluid.py [--case both|stiff|big] [--router dgdlb] [--horizon 1000] [--dt DT]
+``--case short`` is the same 2 x 3 GMSR with 1 ms one-way delays, 200 s: short
+herding loops go to LSODA too (lbsim/fluid/stiff.py,
+``short_delays``); before, Heun's method at half the delay (400 000 steps).
+
+``--interleave BEFORE_DIR`` measures before/after: it runs each case in a
+subprocess alternately with ``PYTHONPATH=BEFORE_DIR`` (an older lbsim
+checkout) and with this checkout, ``--rounds`` times, and prints the median
+CPU time (the child's user + system) and wall time of each and the per-round
+CPU ratios: on a shared machine CPU time is the steadier measure.
+
+    python benchmarks/bench_fluid.py [--case both|stiff|short|big] [--router dgdlb] [--horizon 1000] [--dt DT]
+    python benchmarks/bench_fluid.py --interleave /tmp/before --rounds 3 [--case ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -83,9 +99,54 @@ def run_stiff(compare_heun: bool) -> None:
         result = fluid(scenario, dt=dt)
         wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
         print(
-            f"fluid gmsr 2 x 3, no delay, 200 s ({label}): {result.method}, {result.steps} steps "
+            f"fluid gmsr 2 x 3, no delay, 200 s ({label}): {getattr(result, 'method', 'heun')}, {result.steps} steps "
             f"(mean step {result.dt:.3g} s), wall {wall:.2f} s, CPU {cpu:.2f} s; "
             f"final load {np.round(result.final_load, 6).tolist()}"
+        )
+
+
+def run_short(delays: tuple[float, ...] = (0.001,)) -> None:
+    for delay in delays:
+        scenario = stiff_scenario().replace(**{"network.delay": delay})
+        cpu, started = _cpu_seconds(), time.perf_counter()
+        result = fluid(scenario)
+        wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+        print(
+            f"fluid gmsr 2 x 3, delay {delay * 1000:g} ms, 200 s: {getattr(result, 'method', 'heun')}, "
+            f"{result.steps} steps, "
+            f"wall {wall:.2f} s, CPU {cpu:.2f} s; final load {np.round(result.final_load, 4).tolist()}"
+        )
+
+
+def interleave(before: str, cases: list[str], rounds: int, extra: list[str]) -> None:
+    """Each case in subprocesses, before and after alternately; medians of CPU and wall, per-round CPU ratios."""
+    after = str(Path(__file__).resolve().parent.parent)
+    figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r in range(rounds):
+        for case in cases:
+            for label, path in (
+                (("before", before), ("after", after)) if r % 2 == 0 else (("after", after), ("before", before))
+            ):
+                env = {**os.environ, "PYTHONPATH": path}
+                command = [sys.executable, __file__, "--case", case, *extra]
+                cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+                started = time.perf_counter()
+                done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+                wall = time.perf_counter() - started
+                used = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu_s = used.ru_utime - cpu.ru_utime + used.ru_stime - cpu.ru_stime
+                figures.setdefault((case, label), []).append((cpu_s, wall))
+                last = done.stdout.strip().splitlines()[-1:] or done.stderr.strip().splitlines()[-1:]
+                print(f"round {r} {case} {label}: CPU {cpu_s:.2f} s, wall {wall:.2f} s | {last[0] if last else ''}",
+                      flush=True)  # fmt: skip
+    for case in cases:
+        b, a = figures[(case, "before")], figures[(case, "after")]
+        ratios = [x[0] / y[0] for x, y in zip(b, a)]
+        print(
+            f"{case}: before CPU {statistics.median(x[0] for x in b):.2f} s"
+            f" wall {statistics.median(x[1] for x in b):.2f} s; after CPU {statistics.median(x[0] for x in a):.2f} s"
+            f" wall {statistics.median(x[1] for x in a):.2f} s;"
+            f" before/after CPU per round {', '.join(f'{q:.2f}' for q in ratios)}"
         )
 
 
@@ -96,7 +157,9 @@ def _cpu_seconds() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--case", choices=["both", "stiff", "big"], default="both")
+    parser.add_argument("--case", choices=["both", "stiff", "short", "big"], default="both")
+    parser.add_argument("--interleave", metavar="BEFORE_DIR", help="before/after in subprocesses (module docstring)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compare-heun", action="store_true", help="stiff case: also Heun's method (minutes)")
     parser.add_argument("--router", default="dgdlb")
     parser.add_argument("--horizon", type=float, default=1000.0)
@@ -110,6 +173,14 @@ def main() -> None:
     parser.add_argument("--frontends", type=int, default=100)
     parser.add_argument("--backends", type=int, default=1000)
     args = parser.parse_args()
+    if args.interleave:
+        cases = ["stiff", "short", "big"] if args.case == "both" else [args.case]
+        extra = ["--horizon", str(args.horizon)] if args.horizon != 1000.0 else []
+        interleave(args.interleave, cases, args.rounds, extra)
+        return
+    if args.case == "short":
+        run_short()
+        return
     if args.case in ("both", "stiff"):
         run_stiff(args.compare_heun)
     if args.case == "stiff":

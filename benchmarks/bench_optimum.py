@@ -4,7 +4,9 @@ Random one-way delays of 5-80 ms, every rate family in turn across the
 backends (random parameters), total demand 70% of the total capacity (an
 unbounded family counts its rate at load 4). Prints the wall time of
 ``lbsim.optimum.solve`` (best of ``--repeat``, the least disturbed by other
-load on the machine), its Newton iterations, and the largest KKT violation:
+load on the machine) and its CPU time (all threads: steadier on a shared
+machine; ``LBSIM_BLAS_THREADS=0`` leaves the BLAS pools at their size), its Newton
+iterations, and the largest KKT violation:
 the relative excess of a used edge's cost ``2 d_ij + pi_j`` over its
 frontend's cheapest edge.
 
@@ -58,14 +60,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     rates, demand, delay, connect = instance(args.frontends, args.backends, args.load, args.seed)
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeat):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         opt = solve(rates, demand, delay, connect)
         times.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
     used = int((opt.routing > 1e-9).sum())
     print(f"optimum {args.frontends} frontends x {args.backends} backends (dense, load {args.load:g})")
     print(f"  wall time      {min(times):.2f} s (best of {args.repeat}; all: {', '.join(f'{t:.2f}' for t in times)})")
+    print(f"  CPU time       {min(cpu):.2f} s (best of {args.repeat}; every thread of the process, BLAS's included)")
     print(f"  iterations     {opt.iterations} (interior point + polish Newton steps)")
     print(f"  KKT violation  {kkt_violation(opt, delay, connect):.1e} (relative, max over used edges)")
     print(f"  mean latency   {opt.mean_latency:.6f} s (network {opt.mean_network:.4f}, sojourn {opt.mean_sojourn:.4f})")

@@ -594,6 +594,109 @@ def test_an_overloaded_backend_grows_at_lambda_minus_its_supremum(router, delay)
         assert res.method == "lsoda" and res.steps < 2_000
 
 
+def test_short_herding_delays_go_to_lsoda_within_one_loop_delay_of_the_delayed_trajectory():
+    """GMSR with 1 ms delays: the loop herds (``R T`` about 14) and is short (``r T`` below 1%), so LSODA.
+
+    Issue 13's accuracy target: at least as close to the delayed trajectory
+    (Heun's method at an eighth of its default step) as Heun's default step,
+    and within the stated bound ``Lambda T_max`` (lbsim/fluid/stiff.py).
+    """
+    sc = undelayed_two_frontends(3.0, sample_interval=0.01).replace(**{"network.delay": 0.001})
+    short = fluid(sc)
+    assert short.method == "lsoda" and short.neglected_delay == pytest.approx(0.002)
+    assert short.summary()["neglected_delay"] == pytest.approx(0.002)
+    h = default_time_step(sc)
+    assert h == pytest.approx(0.0005)  # today's step: half the delay
+    reference, heun = fluid(sc, dt=h / 8), fluid(sc, dt=h)
+    heun_error = np.abs(heun.load - reference.load).max()
+    short_error = np.abs(short.load - reference.load).max()
+    print(f"errors against Heun at dt/8: Heun {heun_error:.2e} ({heun.steps} steps), LSODA {short_error:.2e} "
+          f"({short.steps} steps)")  # fmt: skip
+    assert short_error <= heun_error
+    assert short_error <= sc.demand.sum() * short.neglected_delay
+
+
+@pytest.mark.parametrize("delay", [1e-4, 0.01])
+def test_delays_outside_the_short_herding_regime_keep_heun(delay):
+    """0.1 ms: ``R T`` about 1.4, the loop does not herd (Heun is O(dt^2) there); 10 ms: ``r T`` above 1%."""
+    sc = undelayed_two_frontends(0.01).replace(**{"network.delay": delay})
+    res = fluid(sc)
+    assert res.method == "heun" and res.neglected_delay == 0.0
+
+
+# -- served work -----------------------------------------------------------------------------------
+def test_heun_served_work_is_arrived_work_minus_the_load_per_backend():
+    """A static split with off-grid delays: ``arrived_j(t) = sum_i lambda_i p_ij max(0, t - d_ij)`` in closed form.
+
+    Conservation ``S_j(t) = x0_j + arrived_j(t) - x_j(t)`` holds at every
+    sample and at the end, to the rounding of the cumulative sums (a few ulps
+    of the arrived work per step). The summary's ``served`` is the work per
+    second after the warm-up, as the simulator's.
+    """
+    data = two_frontends("random", horizon=12.0, sample_interval=0.4).to_dict()
+    data["simulation"]["warmup"] = 3.0
+    sc = lbsim.Scenario.from_dict(data)
+    res = fluid(sc)
+    assert res.method == "heun"
+    delay, flow = np.array(OFF_GRID), sc.demand[:, None] / 3.0
+
+    def arrived(t):
+        return (flow * np.maximum(0.0, t - delay)).sum(axis=0)
+
+    end = res.steps * res.dt
+    rounding = 8 * EPS * res.steps * arrived(end).max()
+    expected = np.stack([arrived(t) for t in res.t]) - res.load
+    np.testing.assert_allclose(res.served, expected, rtol=0, atol=rounding)
+    np.testing.assert_allclose(res.final_served, arrived(end) - res.final_load, rtol=0, atol=rounding)
+    np.testing.assert_allclose(res.timeseries["served"], res.served.reshape(-1), rtol=0, atol=0)
+    at_warmup = 3.0 / res.dt  # on the grid here: the warm-up's state is a step's
+    assert at_warmup == round(at_warmup)
+    rate = (res.final_served.sum() - res.served_warmup.sum()) / (end - 3.0)
+    assert res.summary()["served"] == pytest.approx(rate, rel=1e-12)
+    assert 0.0 < rate < sc.demand.sum()
+
+
+def test_lsoda_served_work_is_conserved_and_matches_heun():
+    """GMSR undelayed (LSODA): the split sums to 1, so ``sum_j S_j(t) = Lambda t - sum_j x_j(t)`` exactly.
+
+    The quadrature of the service rate along LSODA's interpolant conserves it
+    to the solver's tolerances (RTOL per step, times the steps); and per
+    backend it lands within Heun's default-step error of Heun's dt -> 0 limit
+    (the reference of ``test_undelayed_argmin_is_solved_as_a_stiff_ode_as_accurately_as_heun``).
+    """
+    sc = undelayed_two_frontends(1.2, sample_interval=0.05)
+    stiff = fluid(sc)
+    assert stiff.method == "lsoda"
+    total = sc.demand.sum() * stiff.t - stiff.load.sum(axis=1)
+    bound = stiff.steps * 1e-11 * sc.demand.sum() * 1.2
+    assert np.abs(stiff.served.sum(axis=1) - total).max() <= bound
+    assert abs(stiff.final_served.sum() - (sc.demand.sum() * 1.2 - stiff.final_load.sum())) <= bound
+    h = default_time_step(sc)
+    reference, heun = fluid(sc, dt=h / 8), fluid(sc, dt=h)
+    heun_error = np.abs(heun.served - reference.served).max()
+    assert np.abs(stiff.served - reference.served).max() <= heun_error
+
+
+@pytest.mark.parametrize("router, delay", [("gmsr", 0.0), ("random", 0.05)])
+def test_an_overloaded_backend_serves_at_its_supremum(router, delay):
+    """lambda = 5 into one saturating backend (c = 3, k = 1): it serves ``mu(x) = c - c k / (k + x)``, x growing.
+
+    So the work served per second between two times lies in
+    ``[c - c k / (k + x(t1)), c)``; with one backend the arrivals are known
+    (``lambda (t - d)``) and conservation holds per backend, for LSODA too.
+    """
+    lam, c, k = 5.0, 3.0, 1.0
+    sc = scenario([backend("saturating", c=c, k=k)], rates=(lam,), horizon=400.0, warmup=100.0, router=router,
+                  network={"delay": delay})  # fmt: skip
+    res = fluid(sc)
+    assert res.method == ("lsoda" if delay == 0.0 else "heun")
+    warmup = int(np.searchsorted(res.t, 100.0))
+    rate = res.summary()["served"]
+    assert c - c * k / (k + res.load[warmup, 0]) <= rate < c
+    end = res.steps * res.dt
+    np.testing.assert_allclose(res.final_served[0], lam * (end - delay) - res.final_load[0], rtol=1e-9)
+
+
 def test_progress_is_silent_when_stderr_is_not_a_terminal(capfd):
     for sc in (undelayed_two_frontends(2.0), two_frontends("dgdlb", horizon=2.0)):
         quiet, shown = fluid(sc), fluid(sc, progress=True)

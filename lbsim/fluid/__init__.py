@@ -43,7 +43,7 @@ from ..threads import blas_threads
 from .integrator import Integrator, time_step
 from .model import FluidModel, RateVector
 from .result import FluidResult
-from .stiff import StiffIntegrator, undelayed
+from .stiff import StiffIntegrator, loop_delays, short_delays, undelayed
 
 __all__ = [
     "BAND",
@@ -91,7 +91,11 @@ def fluid(
 
     The method is chosen from the scenario: an argmin router whose loops
     have no delay is a stiff ODE, integrated by LSODA
-    (:mod:`lbsim.fluid.stiff`; ``dt`` is then its mean step); everything
+    (:mod:`lbsim.fluid.stiff`; ``dt`` is then its mean step), and so is one
+    whose loops all herd on delays short against the backends' relaxation
+    (:func:`lbsim.fluid.stiff.short_delays`: the delays are left out, which
+    moves the loads by at most the work sent in one loop delay,
+    ``FluidResult.neglected_delay``); everything
     else, or any given ``dt``, is Heun's method on a fixed grid
     (:mod:`lbsim.fluid.integrator`). BLAS runs on one thread
     (:func:`lbsim.threads.blas_threads`).
@@ -110,7 +114,8 @@ def fluid(
         bar = _progress_bar(horizon) if progress else None
         update = (lambda t: bar.update(t - bar.n)) if bar is not None else None
         try:
-            if dt is None and undelayed(model, fluid_router):
+            short = dt is None and not undelayed(model, fluid_router) and short_delays(model, fluid_router)
+            if dt is None and (short or undelayed(model, fluid_router)):
                 integrator: Integrator | StiffIntegrator = StiffIntegrator(
                     model, fluid_router, horizon, record_split, update
                 )
@@ -136,11 +141,15 @@ def fluid(
         final_split=integrator.p,
         dt=dt if dt is not None else horizon / max(steps, 1),
         method=method,
+        neglected_delay=float(loop_delays(model).max(initial=0.0)) if short else 0.0,
         band=band if isinstance(fluid_router, TieRouter) else None,
         tie_tolerance=fluid_router.eps if isinstance(fluid_router, TieRouter) else None,
         steps=steps,
         wall_seconds=time.perf_counter() - started,
         x0=model.x0,
+        served=integrator.sample_served,
+        final_served=integrator.served,
+        served_warmup=integrator.served_warmup,
     )
 
 

@@ -15,7 +15,9 @@ steps with the delayed terms read from history ring buffers:
 * service is Heun's method (explicit trapezoid, RK2): predictor
   ``x~ = x_n + A_n - dt mu(x_n)``, corrector with ``(mu(x_n) + mu(x~))/2``;
   each clamped at 0 (a backend that empties within a step serves only the
-  work it had: served work is ``min(dt * rate, x_n + arrivals)``);
+  work it had: served work is ``min(dt * rate, x_n + arrivals)``); the work
+  served in the step, ``x_n + arrivals - x_{n+1}``, is summed into the
+  cumulative ``served`` (so work is conserved to rounding);
 * observations ``h_j(x_j(t - d_ij))`` (``h`` the router's signal: the load,
   or a marginal cost) interpolate the signal of the stored states linearly
   (when ``d_ij < dt`` the predicted state at ``t_{n+1}`` is used, as in
@@ -109,6 +111,12 @@ class Integrator:
         self._sample_frac = np.where(np.abs(u - np.round(u)) <= 1e-9, 0.0, u - self._sample_step)
         self.sample_load = np.empty((len(self.sample_t), B))
         self.sample_split = np.empty((len(self.sample_t), F, B)) if record_split else None
+        # Cumulative work served since 0, at the samples, at the warm-up (nan: none before the end) and the end.
+        self.sample_served = np.empty((len(self.sample_t), B))
+        self.served_warmup = np.full(B, np.nan)
+        u = sim.warmup / dt
+        self._warmup_step = math.floor(u + 1e-9) if sim.warmup < n_steps * dt else -1
+        self._warmup_frac = 0.0 if abs(u - round(u)) <= 1e-9 else u - self._warmup_step
 
         # Observations: x_j at t - lag_ij, from a doubled ring (rows s and s + L hold x at the same step,
         # so the rows k, k-1, ..., k-L+1 are a contiguous range and an index is a constant plus a base).
@@ -280,6 +288,8 @@ class Integrator:
         sample_step, sample_frac = self._sample_step, self._sample_frac
         next_sample, n_samples = 0, len(sample_step)
         changed = True
+        served = np.zeros(model.num_backends)
+        warmup_step = self._warmup_step
         progress = self.progress
         report_every = max(1, self.n_steps // 1000) if progress is not None else self.n_steps + 1
         for n in range(self.n_steps):
@@ -322,14 +332,21 @@ class Integrator:
             x_next = x + dt * (arrivals - 0.5 * (mu_now + departure(predictor, multiplier)))
             np.maximum(x_next, 0.0, out=x_next)
             store(n + 1, x_next)
+            # what was served in the step: what there was, plus what arrived, minus what is left
+            step_served = x + dt * arrivals - x_next
+            if n == warmup_step:
+                self.served_warmup = served + self._warmup_frac * step_served
             while next_sample < n_samples and sample_step[next_sample] == n:
                 f = sample_frac[next_sample]
                 self.sample_load[next_sample] = x if f == 0.0 else x + f * (x_next - x)
+                self.sample_served[next_sample] = served + f * step_served
                 if self.sample_split is not None:
                     self.sample_split[next_sample] = p
                 next_sample += 1
+            served += step_served
             rate = arrivals
             x = x_next
+        self.served = served
         if continuous:  # the split at the final state, as the other routers' is
             p = router.split(self.n_steps * dt, observe(self.n_steps))
         self.x, self.p = x, p

@@ -28,6 +28,10 @@ class FluidResult:
     the split in effect at each sample time), ``final_load`` (B,) and
     ``final_split`` (F, B) at the horizon; ``timeseries`` and ``routing`` are
     the simulator's table shapes (``jobs = load / sbar``, a real number here).
+    ``served`` (T, B) is each backend's cumulative work served since 0 at the
+    samples (the simulator's ``served`` column), ``final_served`` (B,) at the
+    horizon and ``served_warmup`` (B,) at the warm-up; conservation makes
+    ``served = x0 + arrived - load``.
     """
 
     scenario: Any
@@ -48,6 +52,23 @@ class FluidResult:
     x0: np.ndarray | None = field(repr=False, default=None)
     #: "heun" (fixed steps, :mod:`lbsim.fluid.integrator`) or "lsoda" (undelayed stiff loops, :mod:`lbsim.fluid.stiff`)
     method: str = "heun"
+    served: np.ndarray | None = field(repr=False, default=None)
+    #: the longest loop delay left out (LSODA on short delays, :func:`lbsim.fluid.stiff.short_delays`), else 0
+    neglected_delay: float = 0.0
+    final_served: np.ndarray | None = field(repr=False, default=None)
+    served_warmup: np.ndarray | None = field(repr=False, default=None)
+
+    @property
+    def served_rate(self) -> float:
+        """Work per second served by all backends after the warm-up, as the simulator's summary ``served``.
+
+        ``sum_j [S_j(T) - S_j(warmup)] / (T - warmup)``, ``S_j`` the cumulative
+        work served; ``nan`` when it was not recorded.
+        """
+        if self.final_served is None or self.served_warmup is None:
+            return math.nan
+        window = self.steps * self.dt - self.scenario.simulation.warmup
+        return float(np.sum(self.final_served) - np.sum(self.served_warmup)) / window if window > 0 else math.nan
 
     @cached_property
     def timeseries(self) -> pd.DataFrame:
@@ -61,6 +82,7 @@ class FluidResult:
                 "backend": np.tile(np.arange(B, dtype=np.int32), T),
                 "load": load,
                 "jobs": load / self.scenario.mean_size,
+                "served": self.served.reshape(-1) if self.served is not None else np.full(T * B, np.nan),
             }
         )
 
@@ -125,6 +147,7 @@ class FluidResult:
             "model": "fluid",
             "horizon": float(self.steps * self.dt),
             "method": self.method,
+            "neglected_delay": self.neglected_delay,
             "dt": self.dt,
             "steps": self.steps,
             "band": self.band,
@@ -133,6 +156,7 @@ class FluidResult:
             "final_split": clean(self.final_split.tolist()),
             "mean_latency": clean(self.mean_latency()),
             "steady_mean_latency": clean(self.steady_mean_latency()),
+            "served": clean(self.served_rate),
             "wall_seconds": round(self.wall_seconds, 6),
         }
 
