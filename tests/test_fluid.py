@@ -619,8 +619,8 @@ def test_short_herding_delays_go_to_lsoda_within_one_loop_delay_of_the_delayed_t
 @pytest.mark.parametrize("delay", [1e-4, 0.01])
 def test_delays_outside_the_short_herding_regime_keep_heun(delay):
     """0.1 ms: ``R T`` about 1.4, the loop does not herd (Heun is O(dt^2) there); 10 ms: ``r T`` above 1%."""
-    sc = undelayed_two_frontends(0.01).replace(**{"network.delay": delay})
-    res = fluid(sc)
+    sc = undelayed_two_frontends(1.0).replace(**{"network.delay": delay})  # (a scenario its jobs can return in)
+    res = fluid(sc, horizon=0.01)
     assert res.method == "heun" and res.neglected_delay == 0.0
 
 
