@@ -32,7 +32,7 @@ from bisect import bisect_right
 
 import numpy as np
 
-from ..backends.base import EngineState
+from ..backends.base import BackendModel, EngineState
 from ..view import View
 
 #: from this many backends the delayed and instant views keep their arrays (below it, a Python scan is cheaper)
@@ -49,11 +49,36 @@ def _usable(connect: np.ndarray | None, shape: tuple[int, int]) -> list[np.ndarr
     return [None if row.all() else row.copy() for row in np.asarray(connect, dtype=bool)]
 
 
+def _tokens_array(view: View, frontend: int) -> np.ndarray:
+    """:meth:`View.tokens_array` of a view that keeps :meth:`View.jobs_array` (delayed, instant).
+
+    A backend model that keeps the contract's ``engine_state_at`` (``rate``,
+    ``infinite_server``) reports its load ``n_j * sbar`` as its tokens, read
+    at the same instant as its jobs: then the tokens are the kept counts times
+    sbar, the same floats. Other models (``llm``) are read one by one, only
+    the backends ``frontend`` may use, in index order, as :meth:`View.tokens_of`.
+    """
+    loads = view._tokens_are_loads  # type: ignore[attr-defined]
+    if loads is None:
+        loads = view._tokens_are_loads = all(  # type: ignore[attr-defined]
+            getattr(type(b), "engine_state_at", None) is BackendModel.engine_state_at for b in view.backends
+        )
+    if loads:
+        return view.jobs_array(frontend) * view.mean_size
+    B = len(view.backends)
+    usable = view._usable[frontend] if view.vectorised else None  # type: ignore[attr-defined]
+    candidates = range(B) if usable is None else usable.nonzero()[0].tolist()
+    tokens = np.zeros(B)
+    tokens[candidates] = view.tokens_of(frontend, candidates)
+    return tokens
+
+
 class DelayedView(View):
     def __init__(self, backends, latency, mean_size, env, vectorised: bool = False, connect=None):
         super().__init__(backends, latency, mean_size, env)
         self.history_window = float(latency.max()) if latency.size else 0.0
         self.vectorised = vectorised
+        self._tokens_are_loads: bool | None = None  # known once the backends are in
         if vectorised:
             F, B = latency.shape
             # observed[i][j] = n_j(t) for the t = now - d_ij of its last reading; it holds while now < valid[i][j]
@@ -115,6 +140,9 @@ class DelayedView(View):
     def engine_state(self, frontend, backend):
         return self.backends[backend].engine_state_at(self.env._now - self.delay[frontend][backend])
 
+    def tokens_array(self, frontend):
+        return _tokens_array(self, frontend)
+
 
 class PeriodicView(View):
     def __init__(self, backends, latency, mean_size, env, period: float):
@@ -137,6 +165,7 @@ class InstantView(View):
     def __init__(self, backends, latency, mean_size, env, vectorised: bool = False, connect=None):
         super().__init__(backends, latency, mean_size, env)
         self.vectorised = vectorised
+        self._tokens_are_loads: bool | None = None  # known once the backends are in
         if vectorised:
             B = latency.shape[1]
             # every frontend sees the same counts; counts[j] holds until the clock reaches due[j]
@@ -176,6 +205,9 @@ class InstantView(View):
 
     def engine_state(self, frontend, backend):
         return self.backends[backend].engine_state_at(self.env._now)
+
+    def tokens_array(self, frontend):
+        return _tokens_array(self, frontend)
 
 
 class LocalView(View):
