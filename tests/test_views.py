@@ -322,7 +322,8 @@ def test_tokens_array_is_tokens_of_at_random_instants(mode: str, kind: type[Load
     view = cls(backends, LATENCY, MEAN_SIZE, env, vectorised=True, connect=connect)
     reference_view = cls(reference, LATENCY, MEAN_SIZE, env)
     changes = {t for stays in STAYS for stay in stays for t in stay}
-    edges = {t + d for t in changes for d in LATENCY.ravel()} | {t + d for t in changes for d in LATENCY.ravel() - 1e-12}
+    shifts = np.concatenate([LATENCY.ravel(), LATENCY.ravel() - 1e-12])
+    edges = {t + d for t in changes for d in shifts}
     for now in sorted(set(rng.uniform(0.0, 8.0, 200).tolist()) | edges | set(TIMES)):
         env._now = now
         for i in rng.permutation(len(LATENCY)).tolist():
