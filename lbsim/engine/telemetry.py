@@ -49,21 +49,33 @@ def _usable(connect: np.ndarray | None, shape: tuple[int, int]) -> list[np.ndarr
     return [None if row.all() else row.copy() for row in np.asarray(connect, dtype=bool)]
 
 
-def _tokens_array(view: View, frontend: int) -> np.ndarray:
-    """:meth:`View.tokens_array` of a view that keeps :meth:`View.jobs_array` (delayed, instant).
-
-    A backend model that keeps the contract's ``engine_state_at`` (``rate``,
-    ``infinite_server``) reports its load ``n_j * sbar`` as its tokens, read
-    at the same instant as its jobs: then the tokens are the kept counts times
-    sbar, the same floats. Other models (``llm``) are read one by one, only
-    the backends ``frontend`` may use, in index order, as :meth:`View.tokens_of`.
-    """
+def _tokens_are_loads(view: View) -> bool:
+    """Whether every backend keeps the contract's ``engine_state_at`` (``rate``, ``infinite_server``): its
+    tokens are then its load ``n_j * sbar``, read at the same instant as its jobs (the same floats)."""
     loads = view._tokens_are_loads  # type: ignore[attr-defined]
-    if loads is None:
+    if loads is None:  # (the engine hands the view its backends after building it)
         loads = view._tokens_are_loads = all(  # type: ignore[attr-defined]
             getattr(type(b), "engine_state_at", None) is BackendModel.engine_state_at for b in view.backends
         )
-    if loads:
+    return bool(loads)
+
+
+def _tokens_of(view: View, frontend: int, backends) -> list[float]:
+    """:meth:`View.tokens_of` of the delayed and instant views: the jobs times sbar where tokens are loads."""
+    if _tokens_are_loads(view):
+        s = view.mean_size
+        return [n * s for n in view.jobs_of(frontend, backends)]
+    return View.tokens_of(view, frontend, backends)
+
+
+def _tokens_array(view: View, frontend: int) -> np.ndarray:
+    """:meth:`View.tokens_array` of the delayed and instant views.
+
+    Where tokens are loads, the kept counts times sbar; other models (``llm``)
+    are read one by one, only the backends ``frontend`` may use, in index
+    order, as :meth:`View.tokens_of` would read them.
+    """
+    if _tokens_are_loads(view):
         return view.jobs_array(frontend) * view.mean_size
     B = len(view.backends)
     usable = view._usable[frontend] if view.vectorised else None  # type: ignore[attr-defined]
@@ -140,6 +152,9 @@ class DelayedView(View):
     def engine_state(self, frontend, backend):
         return self.backends[backend].engine_state_at(self.env._now - self.delay[frontend][backend])
 
+    def tokens_of(self, frontend, backends):
+        return _tokens_of(self, frontend, backends)
+
     def tokens_array(self, frontend):
         return _tokens_array(self, frontend)
 
@@ -205,6 +220,9 @@ class InstantView(View):
 
     def engine_state(self, frontend, backend):
         return self.backends[backend].engine_state_at(self.env._now)
+
+    def tokens_of(self, frontend, backends):
+        return _tokens_of(self, frontend, backends)
 
     def tokens_array(self, frontend):
         return _tokens_array(self, frontend)
