@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from simpy.core import NORMAL, URGENT
 
+from lbsim.engine.kernel import Kernel
 from lbsim.events import Wakeup
 from lbsim.jobs import Job
-from lbsim.engine.kernel import Kernel
 
 # (delay, urgent?, follow-up delay or None): an event that may schedule another when it fires
 schedules = st.lists(
