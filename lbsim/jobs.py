@@ -11,18 +11,27 @@ class Job:
     """One request. Sizes are in work units; times in seconds.
 
     ``__slots__`` keeps a job small and fast to create: there is one per
-    arrival on the hot path.
+    arrival on the hot path. A job is also its own event on the network
+    (the kernel reads an event's ``callbacks`` and ``_ok``): its request's
+    trip to the backend and its response's trip back are the job itself in
+    the event queue, not an event object, a callback list and a bound method
+    apiece, so a job in flight is one object (fewer objects per job in flight,
+    less memory traffic when tens of thousands are).
     """
 
     __slots__ = (
-        "backend", "frontend", "job_id", "output", "prompt", "return_delay", "size", "t_arrival", "t_backend_arrival",
+        "backend", "callbacks", "frontend", "job_id", "output", "prompt", "return_delay", "size", "t_arrival",
+        "t_backend_arrival",
     )  # fmt: skip
+    #: as an event, a job never fails (read by the kernel after the callbacks)
+    _ok = True
     # set on the way, not in __init__ (declared here for type checkers; no class attribute is created)
     backend: int
     return_delay: float
     t_backend_arrival: float
     prompt: int  # with token workloads only
     output: int
+    callbacks: tuple | None  # while the job is on the network: what the kernel calls when it lands
 
     def __init__(self, job_id: int, frontend: int, size: float, t_arrival: float):
         self.job_id = job_id

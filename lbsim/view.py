@@ -77,3 +77,11 @@ class View:
         """Resident plus waiting tokens of each backend, as ``frontend`` sees them."""
         state = self.engine_state
         return [state(frontend, j).tokens for j in backends]
+
+    def tokens_array(self, frontend: int) -> np.ndarray:
+        """Every backend's resident plus waiting tokens as ``frontend`` sees them, shape (B,), floats.
+
+        The bulk :meth:`tokens_of`, as :meth:`jobs_array` is the bulk :meth:`jobs_of`
+        (entries of backends ``frontend`` may not use are unspecified).
+        """
+        return np.array(self.tokens_of(frontend, range(len(self.backends))), dtype=float)

@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from simpy.core import NORMAL, URGENT
 
-from lbsim.events import Wakeup
 from lbsim.engine.kernel import Kernel
+from lbsim.events import Wakeup
+from lbsim.jobs import Job
 
 # (delay, urgent?, follow-up delay or None): an event that may schedule another when it fires
 schedules = st.lists(
@@ -68,3 +69,27 @@ def test_a_defused_failure_does_not():
     event.defused = True
     env.run_until(1.0)
     assert env.now == 1.0
+
+
+def test_a_job_is_its_own_event_on_the_network():
+    """The engine schedules a job itself for its network hops (lbsim.jobs): the kernel takes it as an event,
+    in time order with the others, detaches its callbacks before calling them (so that it can be scheduled
+    again, as the response is), and the job carries nothing else of the event afterwards."""
+    env = Kernel()
+    job = Job(7, 0, 1.0, 0.0)
+    fired = []
+
+    def lands(event):
+        fired.append(("lands", event.job_id, env.now, event.callbacks))
+        event.callbacks = (back,)
+        env.schedule(event, NORMAL, 0.5)
+
+    def back(event):
+        fired.append(("back", event.job_id, env.now))
+
+    job.callbacks = (lands,)
+    env.schedule(job, NORMAL, 1.0)
+    env.schedule(Wakeup(lambda e: fired.append(("other", None, env.now))), NORMAL, 1.25)
+    env.run_until(5.0)
+    assert fired == [("lands", 7, 1.0, None), ("other", None, 1.25), ("back", 7, 1.5)]
+    assert job.callbacks is None and not hasattr(job, "__dict__")

@@ -13,6 +13,7 @@ import itertools
 import math
 
 import numpy as np
+import pandas.testing as pd_testing
 import pytest
 from helpers import backend, scenario
 from scipy import optimize
@@ -261,6 +262,57 @@ def test_smooth_weighted_round_robin_sequence():
     router.set_weights(0, [0.5, 0.3, 0.2])
     picks = np.bincount([router.route(0, job(), None) for _ in range(1000)], minlength=3)
     np.testing.assert_allclose(picks, [500, 300, 200], atol=2)
+
+
+def nginx_smooth_wrr(weights: list[float], jobs: int, credit: list[float]) -> list[int]:
+    """nginx's smooth weighted round robin as written there: a loop over the peers, strict ``>`` in index order
+    (``credit`` is updated in place)."""
+    total = sum(weights)
+    picks = []
+    for _ in range(jobs):
+        best = -1
+        for k, w in enumerate(weights):
+            credit[k] += w
+            if best == -1 or credit[k] > credit[best]:
+                best = k
+        credit[best] -= total
+        picks.append(best)
+    return picks
+
+
+@pytest.mark.parametrize("backends", [3, 40, 300])
+def test_wrr_picks_are_the_reference_loops_for_any_fleet(backends):
+    """The credits kept in one numpy array pick what nginx's per-peer loop picks, job for job.
+
+    Integer weights make many credits tie exactly (the first must win), then
+    random float weights, installed midway: the credits carry over.
+    """
+    rng = np.random.default_rng(backends)
+    scn = scenario([backend("saturating", c=1.0, k=1.0)] * backends, [1.0])
+    router = make_router(scn, "wrr")
+    credit = [0.0] * backends
+    for weights in (rng.integers(1, 4, backends).astype(float), rng.uniform(0.01, 2.0, backends)):
+        router.set_weights(0, weights)
+        picks = [router.route(0, job(), None) for _ in range(5 * backends)]
+        assert picks == nginx_smooth_wrr(weights.tolist(), 5 * backends, credit)
+
+
+def test_least_tokens_on_rate_backends_is_least_load_on_large_fleets():
+    """On ``rate`` backends a backend's tokens are its load n_j * sbar: least_tokens routes as least_load
+    job for job, also where the view keeps its arrays (from 48 backends) and reads them in bulk."""
+    delay = np.random.default_rng(2).uniform(0.005, 0.05, size=(2, 64)).tolist()
+    for telemetry in ("delayed", "instant"):
+        scn = scenario(
+            [backend("saturating", c=1.0, k=0.5)] * 64,
+            [20.0, 20.0],
+            horizon=20.0,
+            job_scale=0.05,
+            network={"delay": delay, "telemetry": telemetry},
+        )
+        tokens = Simulation(scn, router="least_tokens")
+        assert tokens.view.vectorised
+        jobs = tokens.run().jobs
+        pd_testing.assert_frame_equal(jobs, Simulation(scn, router="least_load").run().jobs)
 
 
 def test_wrr_weights_are_throughput_over_utilisation():

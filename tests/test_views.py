@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 from helpers import jobs_present
 
+from lbsim.backends.base import BackendModel, EngineState
 from lbsim.engine.telemetry import DelayedView, InstantView, LocalView, PeriodicView, make_view
 from lbsim.view import View
 
@@ -282,3 +283,56 @@ def test_jobs_array_is_jobs_at_random_instants(mode: str) -> None:
                 for j, b in enumerate(backends):
                     allowed = allowed_time(mode, i, j, now)
                     assert all(t <= (-math.inf if allowed is None else allowed) for t in b.asked), (mode, i, j, now)
+
+
+class LoadTokensBackend(ScriptedBackend):
+    """A scripted backend with the contract's ``engine_state_at``: its tokens are its load n_j * sbar (``rate``)."""
+
+    engine_state_at = BackendModel.engine_state_at
+
+    def __init__(self, stays: list[tuple[float, float]], history_window: float | None):
+        super().__init__(stays)
+        self.context = SimpleNamespace(history_window=history_window, mean_size=MEAN_SIZE)
+
+
+class OwnTokensBackend(LoadTokensBackend):
+    """A model with its own tokens (as ``llm``'s): 7 per job plus 1, not a load the view could derive."""
+
+    def engine_state_at(self, t: float) -> EngineState:
+        return EngineState(7.0 * self.jobs_at(t) + 1.0, 0, 0)
+
+
+@pytest.mark.parametrize("kind", [LoadTokensBackend, OwnTokensBackend])
+@pytest.mark.parametrize("mode", ["delayed", "instant"])
+def test_tokens_array_is_tokens_of_at_random_instants(mode: str, kind: type[LoadTokensBackend]) -> None:
+    """The bulk token read (least_tokens on large fleets) shows what ``engine_state(i, j).tokens`` shows.
+
+    With the contract's tokens it is the kept job counts times sbar, which must
+    equal the script's truth at the allowed time; with a model's own tokens it
+    reads them one by one, and only the backends the frontend may use (the
+    others must not even be caught up, as a per-backend scan would not).
+    """
+    rng = np.random.default_rng(11)
+    connect = np.array([[True, False, True], [True, True, True]])
+    window = float(LATENCY.max()) if mode == "delayed" else None
+    backends = [kind(stays, window) for stays in STAYS]
+    reference = [kind(stays, window) for stays in STAYS]
+    env = SimpleNamespace(_now=0.0)
+    cls = DelayedView if mode == "delayed" else InstantView
+    view = cls(backends, LATENCY, MEAN_SIZE, env, vectorised=True, connect=connect)
+    reference_view = cls(reference, LATENCY, MEAN_SIZE, env)
+    changes = {t for stays in STAYS for stay in stays for t in stay}
+    shifts = np.concatenate([LATENCY.ravel(), LATENCY.ravel() - 1e-12])
+    edges = {t + d for t in changes for d in shifts}
+    for now in sorted(set(rng.uniform(0.0, 8.0, 200).tolist()) | edges | set(TIMES)):
+        env._now = now
+        for i in rng.permutation(len(LATENCY)).tolist():
+            for b in backends:
+                b.asked.clear()
+            usable = np.flatnonzero(connect[i]).tolist()
+            seen = view.tokens_array(i)[usable].tolist()
+            assert seen == reference_view.tokens_of(i, usable), f"{mode}: frontend {i} at t={now}"
+            if kind is LoadTokensBackend:
+                assert seen == [expected_jobs(mode, i, j, now) * MEAN_SIZE for j in usable]
+            else:
+                assert not backends[1].asked or i == 1, "an unusable backend was read"

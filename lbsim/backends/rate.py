@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from heapq import heappop, heappush
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -116,7 +116,10 @@ class RateBackend(BackendModel):
             self.capacity, self.rate_counts_all = INF, True
         self.multiplier = 1.0
         self.service: list[tuple[float, int, Job]] = []  # heap of (finish tag, job_id, job)
-        self.waiting: deque[Job] = deque()
+        # Jobs beyond the service set, in FIFO order; a backend that serves every job it holds (ps without
+        # max_load) never has any, and shares one empty tuple instead of a deque of its own (a deque is
+        # 600 bytes: a fleet of them is memory the hot path reads for nothing; appending would fail loudly).
+        self.waiting: deque[Job] = deque() if self.capacity < INF else cast("deque[Job]", ())
         self.virtual = 0.0
         self.t_last = 0.0
         self.rate = 0.0

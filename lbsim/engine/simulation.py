@@ -312,6 +312,8 @@ class Simulation:
         # Every arrival event gets this one tuple as its callbacks: the kernel only
         # iterates over them, and a new list and bound method per job cost 3%.
         self._arrive_callbacks = (self._arrive,)
+        self._reach_callbacks = (self._reach_backend,)
+        self._respond_callbacks = (self._respond,)
 
     def _rates(self, router: str) -> list[RateFamily]:
         """mu_j for the router's context: all of them for a router that reads them (or a one-line error)."""
@@ -346,7 +348,9 @@ class Simulation:
             delay = self._extras(job, delay)
         if delay > 0.0:
             self.to_backends += 1
-            env.schedule(Wakeup(self._reach_backend, job), NORMAL, delay)
+            # The job is its own event (lbsim.jobs); env.schedule inlined, with its own now + delay
+            job.callbacks = self._reach_callbacks
+            heappush(env._queue, (now + delay, NORMAL, next(env._eid), job))  # type: ignore[misc]
         else:
             self.backends[j].arrive(job)
             if self._touch is not None:
@@ -373,9 +377,8 @@ class Simulation:
             job.return_delay += self.jitter.next()
         return delay
 
-    def _reach_backend(self, event: Wakeup) -> None:
+    def _reach_backend(self, job: Job) -> None:
         self.to_backends -= 1
-        job = event.payload
         self.backends[job.backend].arrive(job)
         if self._touch is not None:
             self._touch(job.backend)
@@ -383,10 +386,10 @@ class Simulation:
     def _done(self, job: Job, now: float) -> None:
         """A backend finished a job and someone listens for its response."""
         self.records.add(job, now)
-        self.env.schedule(Wakeup(self._respond, job), NORMAL, job.return_delay)
+        job.callbacks = self._respond_callbacks  # the job is its own event again, on its way back
+        self.env.schedule(job, NORMAL, job.return_delay)
 
-    def _respond(self, event: Wakeup) -> None:
-        job = event.payload
+    def _respond(self, job: Job) -> None:
         if (view := self.local_view) is not None:
             view.outstanding[job.frontend][job.backend] -= 1
             view.outstanding_work[job.frontend][job.backend] -= job.size

@@ -32,7 +32,7 @@ from bisect import bisect_right
 
 import numpy as np
 
-from ..backends.base import EngineState
+from ..backends.base import BackendModel, EngineState
 from ..view import View
 
 #: from this many backends the delayed and instant views keep their arrays (below it, a Python scan is cheaper)
@@ -49,11 +49,48 @@ def _usable(connect: np.ndarray | None, shape: tuple[int, int]) -> list[np.ndarr
     return [None if row.all() else row.copy() for row in np.asarray(connect, dtype=bool)]
 
 
+def _tokens_are_loads(view: View) -> bool:
+    """Whether every backend keeps the contract's ``engine_state_at`` (``rate``, ``infinite_server``): its
+    tokens are then its load ``n_j * sbar``, read at the same instant as its jobs (the same floats)."""
+    loads = view._tokens_are_loads  # type: ignore[attr-defined]
+    if loads is None:  # (the engine hands the view its backends after building it)
+        loads = view._tokens_are_loads = all(  # type: ignore[attr-defined]
+            getattr(type(b), "engine_state_at", None) is BackendModel.engine_state_at for b in view.backends
+        )
+    return bool(loads)
+
+
+def _tokens_of(view: View, frontend: int, backends) -> list[float]:
+    """:meth:`View.tokens_of` of the delayed and instant views: the jobs times sbar where tokens are loads."""
+    if _tokens_are_loads(view):
+        s = view.mean_size
+        return [n * s for n in view.jobs_of(frontend, backends)]
+    return View.tokens_of(view, frontend, backends)
+
+
+def _tokens_array(view: View, frontend: int) -> np.ndarray:
+    """:meth:`View.tokens_array` of the delayed and instant views.
+
+    Where tokens are loads, the kept counts times sbar; other models (``llm``)
+    are read one by one, only the backends ``frontend`` may use, in index
+    order, as :meth:`View.tokens_of` would read them.
+    """
+    if _tokens_are_loads(view):
+        return view.jobs_array(frontend) * view.mean_size
+    B = len(view.backends)
+    usable = view._usable[frontend] if view.vectorised else None  # type: ignore[attr-defined]
+    candidates = range(B) if usable is None else usable.nonzero()[0].tolist()
+    tokens = np.zeros(B)
+    tokens[candidates] = view.tokens_of(frontend, candidates)
+    return tokens
+
+
 class DelayedView(View):
     def __init__(self, backends, latency, mean_size, env, vectorised: bool = False, connect=None):
         super().__init__(backends, latency, mean_size, env)
         self.history_window = float(latency.max()) if latency.size else 0.0
         self.vectorised = vectorised
+        self._tokens_are_loads: bool | None = None  # known once the backends are in
         if vectorised:
             F, B = latency.shape
             # observed[i][j] = n_j(t) for the t = now - d_ij of its last reading; it holds while now < valid[i][j]
@@ -115,6 +152,12 @@ class DelayedView(View):
     def engine_state(self, frontend, backend):
         return self.backends[backend].engine_state_at(self.env._now - self.delay[frontend][backend])
 
+    def tokens_of(self, frontend, backends):
+        return _tokens_of(self, frontend, backends)
+
+    def tokens_array(self, frontend):
+        return _tokens_array(self, frontend)
+
 
 class PeriodicView(View):
     def __init__(self, backends, latency, mean_size, env, period: float):
@@ -137,6 +180,7 @@ class InstantView(View):
     def __init__(self, backends, latency, mean_size, env, vectorised: bool = False, connect=None):
         super().__init__(backends, latency, mean_size, env)
         self.vectorised = vectorised
+        self._tokens_are_loads: bool | None = None  # known once the backends are in
         if vectorised:
             B = latency.shape[1]
             # every frontend sees the same counts; counts[j] holds until the clock reaches due[j]
@@ -176,6 +220,12 @@ class InstantView(View):
 
     def engine_state(self, frontend, backend):
         return self.backends[backend].engine_state_at(self.env._now)
+
+    def tokens_of(self, frontend, backends):
+        return _tokens_of(self, frontend, backends)
+
+    def tokens_array(self, frontend):
+        return _tokens_array(self, frontend)
 
 
 class LocalView(View):

@@ -22,7 +22,10 @@ class LeastTokens(Router):
     """Send each request to the usable backend with the fewest observed resident plus waiting tokens (ties random)."""
 
     name = "least_tokens"
+    scans_backends = True
 
     def route(self, frontend: int, job: Job, view: View) -> int:
+        if view.vectorised:  # large fleets: every backend's tokens in one array, kept up to date by the view
+            return self.pick_least(frontend, view.tokens_array(frontend))
         candidates = self.neighbours[frontend]
         return self.pick_min(candidates, view.tokens_of(frontend, candidates))
