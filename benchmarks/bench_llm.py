@@ -114,7 +114,7 @@ def run_section(requests: int) -> None:
 # -- open: a whole global system of engines -------------------------------------------------
 def open_section(horizon: float, rounds: int, routers: tuple[str, ...] = ("least_tokens", "dgdlb")) -> None:
     """Jobs per CPU and wall second of an open-mode global run, median of interleaved rounds."""
-    overrides = [f"simulation.horizon={horizon}", f"simulation.warmup={horizon / 5}"]
+    overrides = [f"simulation.horizon={horizon}", f"simulation.warmup={horizon / 5}", "simulation.drain=false"]
     scenario = lbsim.load_scenario(ROOT / "scenarios" / "llm_dp_global.toml", overrides, warn=False)
     print(f"scenarios/llm_dp_global.toml (3 frontends, 6 engines of 8 x 64), {horizon:g} s, median of {rounds} rounds")
     timings: dict[str, list[tuple[int, int, float, float]]] = {router: [] for router in routers}

@@ -257,7 +257,10 @@ def lbsim_scenario(system: System, customers: int, seed: int) -> lbsim.Scenario:
     return lbsim.Scenario.from_dict(
         {
             "name": f"peers_{system.name}",
-            "simulation": {"horizon": horizon, "warmup": warmup, "seed": seed, "sample_interval": horizon / 10},
+            "simulation": {
+                "horizon": horizon, "warmup": warmup, "seed": seed, "sample_interval": horizon / 10,
+                "drain": False,  # the peers stop at the horizon too: the same customers are timed
+            },
             "frontends": [{"rate": system.arrival_rate}],
             "backends": [{"discipline": "fifo", "service": {"kind": "constant", "c": 1.0}}] * system.servers,
             "network": {"delay": 0.0, "telemetry": "instant"},
