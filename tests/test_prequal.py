@@ -274,6 +274,7 @@ def test_fractional_r_probe_has_the_exact_long_run_rate(r_probe):
 
 
 def test_probes_take_two_network_delays_and_read_the_backend_half_way():
+    """A reply reads the backend at t_sent + d_ij and reaches the router after t_sent + 2 d_ij, before its next call."""
     delays = [[0.01, 0.05, 0.2], [0.3, 0.02, 0.07]]
     sc = scenario(
         [backend("batch", a=0.05, b=0.02)] * 3,
@@ -285,23 +286,47 @@ def test_probes_take_two_network_delays_and_read_the_backend_half_way():
     sim = Simulation(sc)
     router = sim.router
     seen = []
-    original = router.receive
+    calls = []  # ("reply", t_landed) and ("route", t), in the order the router saw them
+    original, original_route = router.receive, router.route
 
     def receive(frontend, reply):
         b = sim.backends[reply.backend]
         # the state just before the answer: a job routed in the same instant reaches the backend after it
-        seen.append((frontend, reply, sim.env.now, b.jobs_at(math.nextafter(reply.t_answered, -math.inf))))
+        seen.append((frontend, reply, b.jobs_at(math.nextafter(reply.t_answered, -math.inf))))
+        calls.append(("reply", reply.t_sent + 2 * delays[frontend][reply.backend]))
         original(frontend, reply)
 
+    def route(frontend, job, view):
+        calls.append(("route", sim.env.now))
+        return original_route(frontend, job, view)
+
     router._on_reply = [lambda r, i=i: receive(i, r) for i in range(2)]
+    router.route = route
+    # replies reach the router up to a query's gap after they land: keep the whole history to check them
+    sim.backends[0].context.history_window = math.inf
+    if sim.lazy_probes is not None:
+        sim.lazy_probes.router_route = route
+    else:
+        sim.route = route
     sim.run()
     assert len(seen) > 1000
-    for frontend, reply, t_received, jobs in seen:
+    for frontend, reply, jobs in seen:
         d = delays[frontend][reply.backend]
         assert reply.t_answered - reply.t_sent == pytest.approx(d, abs=1e-12)
-        assert t_received - reply.t_sent == pytest.approx(2 * d, abs=1e-12)
         assert reply.rif == jobs
-    assert {(f, r.backend) for f, r, _, _ in seen} == {(i, j) for i in range(2) for j in range(3)}
+    landed = 0.0  # the latest landing handed over so far
+    for kind, t in calls:
+        if kind == "reply":
+            landed = max(landed, t)
+        else:  # every reply landed before a call was handed over before it, none landed after it
+            assert landed <= t + 1e-12
+    last_route = -math.inf  # every reply that landed before a call was handed over before it
+    for kind, t in calls:
+        if kind == "route":
+            last_route = t
+        else:
+            assert t >= last_route - 1e-12
+    assert {(f, r.backend) for f, r, _ in seen} == {(i, j) for i in range(2) for j in range(3)}
 
 
 def test_idle_probing_keeps_a_quiet_frontend_probing():
@@ -442,3 +467,35 @@ def test_prequal_beats_baselines_on_p99(evidence, baseline):
     assert (prequal < other).all(), f"prequal vs {baseline} p99: {report}"
     assert low > 0, f"prequal vs {baseline} p99: {report}; 99% lower bound of the mean gap {low:.3f}"
     assert (other / prequal).min() > 1.15, f"prequal vs {baseline} p99: {report}"
+
+
+# -- probes without kernel events (lbsim/engine/probes.py) ----------------------------------
+@pytest.mark.parametrize(
+    "sets, params",
+    [
+        (["simulation.horizon=12"], {}),
+        (["simulation.horizon=12", "network.jitter={kind='exponential', mean=0.001}"], {}),
+        (["simulation.horizon=12", "network.telemetry='none'"], {"idle_probe_interval": 0.002, "r_probe": 1.5}),
+        (["simulation.horizon=12", "network.delay=0.0"], {"idle_probe_interval": 0.01}),
+        # 2 d = 0.006 s is three idle-probe intervals: replies land at the instant of a tick
+        (["simulation.horizon=12", "network.delay=0.003"], {"idle_probe_interval": 0.002}),
+    ],
+)
+def test_lazy_probes_give_the_two_event_path_to_the_bit(monkeypatch, sets, params):
+    """Answered at the backend's next change, delivered before the next router call: the same run, bit for bit."""
+    from lbsim.engine.probes import LazyProbes
+
+    sc = lbsim.load_scenario(SCENARIO, ["simulation.warmup=2", *sets], warn=False)
+
+    def run(lazy: bool):
+        monkeypatch.setattr(LazyProbes, "supported", staticmethod(lambda sim: lazy))
+        sim = Simulation(sc, router="prequal", **params)
+        assert (sim.lazy_probes is not None) == lazy
+        result = sim.run()
+        pools = [sorted((j, repr(e)) for j, e in pool.items()) for pool in sim.router.pools]
+        return result, pools, sim.router._rif_sorted, sim.router.uniform()
+
+    (lazy, lazy_pools, lazy_rifs, lazy_draw), (events, pools, rifs, draw) = run(True), run(False)
+    assert lazy.jobs.equals(events.jobs)
+    assert lazy.timeseries.equals(events.timeseries)
+    assert (lazy_pools, lazy_rifs, lazy_draw) == (pools, rifs, draw)
