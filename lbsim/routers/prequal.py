@@ -454,7 +454,7 @@ class SojournByRif:
         return self._median(nearest) * (rif + 1) / (0.5 * (low + high) + 1)
 
     def estimate_at(self, rif: int, t: float) -> float:
-        """:meth:`estimate` as the backend answered at time ``t`` (its state unchanged since): lazily answered probes."""
+        """:meth:`estimate` as answered at time ``t`` (the state unchanged since): for lazily answered probes."""
         if t - self.last_done > self.timeout:
             return math.nan
         bucket = rif_bucket(rif)
