@@ -98,7 +98,7 @@ class Answering:
         self.inner.finished(job, now)
 
     def answer_before(self, now: float, barrier: float) -> None:
-        """Answer from the present state the probes that arrived before ``now`` (at ``now``: sent before ``barrier``)."""
+        """Answer from the present state the probes that arrived before ``now`` (at ``now``: sent before barrier)."""
         pending, estimate_at, rif = self.pending, self.inner.estimate_at, self.jobs
         while pending:
             t_answered, _, record = pending[0]
