@@ -26,7 +26,16 @@ from lbsim.jobs import Job
 from lbsim.engine.simulation import Simulation
 from lbsim.rates import make_rate
 from lbsim.routers import ROUTERS, ProbeReply, RouterContext, make_router
-from lbsim.routers.prequal import SojournByRif, PoolEntry, Prequal, bucket_range, median, rif_bucket
+from lbsim.routers.prequal import (
+    BACKEND,
+    PoolEntry,
+    Prequal,
+    SojournByRif,
+    bucket_range,
+    median,
+    pool_entry,
+    rif_bucket,
+)
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "prequal_antagonist.toml"
 
@@ -59,7 +68,7 @@ class Harness:
         return self.router.route(frontend, Job(0, frontend, 1.0, self.now), None)
 
     def pool(self, frontend: int = 0) -> dict[int, PoolEntry]:
-        return self.router.pools[frontend]
+        return self.router.pool(frontend)
 
 
 # -- reuse budget ----------------------------------------------------------------------------
@@ -135,9 +144,9 @@ def test_removal_alternates_oldest_and_worst():
 
 def test_worst_is_the_hottest_when_some_are_hot():
     h = Harness(backends=100, r_probe=0.0)
-    pool = {j: PoolEntry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 3, 9.0), (1, 7, 0.1), (2, 6, 0.2)]}
-    assert h.router.worst(pool, threshold=5).backend == 1  # hot (7 and 6 > 5): highest RIF, sojourn aside
-    assert h.router.worst(pool, threshold=10).backend == 0  # all cold: the slowest
+    pool = {j: pool_entry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 3, 9.0), (1, 7, 0.1), (2, 6, 0.2)]}
+    assert h.router.worst(pool, threshold=5)[BACKEND] == 1  # hot (7 and 6 > 5): highest RIF, sojourn aside
+    assert h.router.worst(pool, threshold=10)[BACKEND] == 0  # all cold: the slowest
 
 
 def test_fractional_r_remove_is_exact():
@@ -175,23 +184,23 @@ def test_cold_entry_with_lowest_sojourn_estimate_wins_and_hot_ones_are_skipped()
 
 def test_all_hot_takes_the_lowest_rif():
     h = Harness(backends=100, r_probe=0.0)
-    pool = {j: PoolEntry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 5, 0.1), (1, 3, 9.0), (2, 4, 0.2)]}
-    assert h.router.select(pool, threshold=2).backend == 1
+    pool = {j: pool_entry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 5, 0.1), (1, 3, 9.0), (2, 4, 0.2)]}
+    assert h.router.select(pool, threshold=2)[BACKEND] == 1
 
 
 def test_unknown_sojourn_estimate_ranks_first_among_cold_then_rif():
     h = Harness(backends=100, r_probe=0.0)
     nan = math.nan
-    pool = {j: PoolEntry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 1, 0.1), (1, 3, nan), (2, 2, nan)]}
-    assert h.router.select(pool, threshold=5).backend == 2
-    assert h.router.worst(pool, threshold=5).backend == 0
-    assert h.router.select(pool, threshold=1).backend == 0  # the unknowns are hot: cold beats hot
+    pool = {j: pool_entry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 1, 0.1), (1, 3, nan), (2, 2, nan)]}
+    assert h.router.select(pool, threshold=5)[BACKEND] == 2
+    assert h.router.worst(pool, threshold=5)[BACKEND] == 0
+    assert h.router.select(pool, threshold=1)[BACKEND] == 0  # the unknowns are hot: cold beats hot
 
 
 def test_selection_ties_are_broken_at_random():
     h = Harness(backends=100, r_probe=0.0)
-    pool = {j: PoolEntry(j, 2, 1.0, 0.0, math.inf) for j in range(4)}
-    picks = [h.router.select(pool, threshold=5).backend for _ in range(4000)]
+    pool = {j: pool_entry(j, 2, 1.0, 0.0, math.inf) for j in range(4)}
+    picks = [h.router.select(pool, threshold=5)[BACKEND] for _ in range(4000)]
     assert stats.chisquare(np.bincount(picks, minlength=4)).pvalue > 1e-4
 
 
