@@ -55,6 +55,8 @@ from ..routers.base import ProbeReply
 if TYPE_CHECKING:
     from .simulation import Simulation
 
+_tuple_new = tuple.__new__
+
 #: backend models whose every change of ``jobs`` is announced to the observer first (arrive/finish hooks)
 ANNOUNCING_MODELS = ("rate", "llm")
 
@@ -144,6 +146,10 @@ class LazyProbes:
         for b in sim.backends:
             b.observer = Answering(b.observer, b, self)
             self.answering.append(b.observer)
+        # read per probe, as plain attributes
+        self.pending = [a.pending for a in self.answering]
+        self.delay = sim.delay
+        self.jitter = sim.jitter
 
     @staticmethod
     def supported(sim: Simulation) -> bool:
@@ -152,20 +158,18 @@ class LazyProbes:
 
     def send(self, frontend: int, backend: int, on_reply: Callable[[ProbeReply], None]) -> None:
         """A probe leaves now: its arrival and its landing are known now (both hops' jitter drawn now, in order)."""
-        sim = self.sim
         t_sent = self.env._now
-        delay = sim.delay[frontend][backend]
-        if sim.jitter is not None:
-            there, back = delay + sim.jitter.next(), delay + sim.jitter.next()
-        else:
-            there = back = delay
+        there = back = self.delay[frontend][backend]
+        jitter = self.jitter
+        if jitter is not None:
+            there, back = there + jitter.next(), there + jitter.next()
         t_answered = t_sent + there
         seq = self.sent
         self.sent = seq + 1
         # routing job k: k + 0.5, before job k leaves (k + 0.75); else after the last job's arrival event
-        position = self.routing + 0.5 if self.routing >= 0 else sim.arrived - 0.1
+        position = self.routing + 0.5 if self.routing >= 0 else self.sim.arrived - 0.1
         record = [t_answered, seq, position, frontend, backend, t_sent, None, None, on_reply]
-        heappush(self.answering[backend].pending, (t_answered, seq, record))
+        heappush(self.pending[backend], (t_answered, seq, record))
         heappush(self.replies, (t_answered + back, t_answered, seq, record))
 
     def deliver(self, now: float, scheduled_at: float) -> None:
@@ -176,10 +180,12 @@ class LazyProbes:
             if t_landed > now or (t_landed == now and not t_answered < scheduled_at):
                 return
             heappop(replies)
+            backend = record[BACKEND]
             if record[RIF] is None:
-                self.answering[record[BACKEND]].answer(record)
+                self.answering[backend].answer(record)
+            # ProbeReply(...) without its Python __new__: a frame per reply saved
             record[ON_REPLY](
-                ProbeReply(record[BACKEND], record[RIF], record[ESTIMATE], record[T_SENT], t_answered)
+                _tuple_new(ProbeReply, (backend, record[RIF], record[ESTIMATE], record[T_SENT], t_answered))
             )
 
     def route(self, frontend: int, job: Any, view: Any) -> int:
