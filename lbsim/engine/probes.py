@@ -60,8 +60,8 @@ _tuple_new = tuple.__new__
 #: backend models whose every change of ``jobs`` is announced to the observer first (arrive/finish hooks)
 ANNOUNCING_MODELS = ("rate", "llm")
 
-# A probe's record: a list, filled in when the backend answers.
-T_ANSWERED, SEQ, POSITION, FRONTEND, BACKEND, T_SENT, RIF, ESTIMATE, ON_REPLY = range(9)
+# A probe's record: a list, filled in when the backend answers; its first five items are the reply's fields.
+BACKEND, RIF, ESTIMATE, T_SENT, T_ANSWERED, POSITION, ON_REPLY = range(7)
 
 
 class Answering:
@@ -168,7 +168,7 @@ class LazyProbes:
         self.sent = seq + 1
         # routing job k: k + 0.5, before job k leaves (k + 0.75); else after the last job's arrival event
         position = self.routing + 0.5 if self.routing >= 0 else self.sim.arrived - 0.1
-        record = [t_answered, seq, position, frontend, backend, t_sent, None, None, on_reply]
+        record = [backend, None, None, t_sent, t_answered, position, on_reply]
         heappush(self.pending[backend], (t_answered, seq, record))
         heappush(self.replies, (t_answered + back, t_answered, seq, record))
 
@@ -180,13 +180,10 @@ class LazyProbes:
             if t_landed > now or (t_landed == now and not t_answered < scheduled_at):
                 return
             heappop(replies)
-            backend = record[BACKEND]
             if record[RIF] is None:
-                self.answering[backend].answer(record)
-            # ProbeReply(...) without its Python __new__: a frame per reply saved
-            record[ON_REPLY](
-                _tuple_new(ProbeReply, (backend, record[RIF], record[ESTIMATE], record[T_SENT], t_answered))
-            )
+                self.answering[record[BACKEND]].answer(record)
+            # ProbeReply(*record[:5]) without its Python __new__: a frame per reply saved
+            record[ON_REPLY](_tuple_new(ProbeReply, record[:5]))
 
     def route(self, frontend: int, job: Any, view: Any) -> int:
         now = self.env._now

@@ -181,6 +181,8 @@ class Prequal(Router):
             [_whole_and_fraction(self.reuse_budget(m, n)) for m in range(params.pool_size + 1)] if n else []
             for n in self._neighbour_counts
         ]
+        # what a reply needs of its frontend, in one tuple (one lookup per reply)
+        self._frontend_state = list(zip(self._rif_fifo, self._rif_sorted, self.pools, self._reuses))
         self.max_age = params.max_age if params.max_age is not None else params.max_age_services * self.service_time()
         window = params.sojourn_window
         timeout = params.sojourn_timeout if params.sojourn_timeout is not None else self.max_age
@@ -249,20 +251,20 @@ class Prequal(Router):
         candidates = self.neighbours[frontend]
         n = len(candidates)
         uniforms = self._uniforms
-        if count >= n:
-            targets = candidates
-        elif len(uniforms) >= count:
+        probe, on_reply = self.ctx.probe, self._on_reply[frontend]
+        if count < n and len(uniforms) >= count:
+            # Floyd's draws in place, each target probed as it is drawn (probing draws nothing here)
             chosen: list[int] = []
             for top in range(n - count, n):
                 k = int(uniforms.pop() * (top + 1))
-                chosen.append(top if k in chosen else k)
-            targets = [candidates[k] for k in chosen]
-        else:  # the batch runs out on the way: sample() refills it at the same draw
-            targets = list(self.sample(candidates, count))
-        probe, on_reply = self.ctx.probe, self._on_reply[frontend]
-        for backend in targets:
-            probe(frontend, backend, on_reply)
-        self.probes_sent += len(targets)
+                if k in chosen:
+                    k = top
+                chosen.append(k)
+                probe(frontend, candidates[k], on_reply)
+        else:  # all neighbours, or the batch runs out on the way: sample() refills it at the same draw
+            for backend in self.sample(candidates, count):
+                probe(frontend, backend, on_reply)
+        self.probes_sent += min(count, n)
         self._last_probe[frontend] = now
 
     def tick(self, now: float, view: View) -> None:
@@ -276,19 +278,18 @@ class Prequal(Router):
     def receive(self, frontend: int, reply: ProbeReply) -> None:
         """A probe reply lands at ``frontend``: record its RIF, put it in the pool."""
         backend, rif, sojourn_estimate, _, t_answered = reply
-        fifo, ordered = self._rif_fifo[frontend], self._rif_sorted[frontend]
+        fifo, ordered, pool, reuses_by_size = self._frontend_state[frontend]
         fifo.append(rif)
         insort(ordered, rif)
         if len(fifo) > self._rif_window:
             del ordered[bisect_left(ordered, fifo.popleft())]
 
-        pool = self.pools[frontend]
         known = pool.get(backend)
         if known is not None:
             if known[T_ANSWERED] >= t_answered:
                 return  # overtaken on the way (jitter): the pool already has fresher news
             del pool[backend]
-        reuses = self._reuses[frontend][len(pool)]  # draw_reuses(len(pool), n), from the table
+        reuses = reuses_by_size[len(pool)]  # draw_reuses(len(pool), n), from the table
         if reuses is None:
             uses: float = INF
         else:
@@ -400,6 +401,11 @@ def rif_bucket(rif: int) -> int:
     return EXACT_BELOW + PER_DOUBLING * (e - _EXACT_EXP) + ((rif >> (e - _SHIFT)) & (PER_DOUBLING - 1))
 
 
+#: rif_bucket(rif) for the RIFs below _TABLED, looked up twice per job and once per probe
+_TABLED = 4096
+_BUCKETS = [rif_bucket(rif) for rif in range(_TABLED)]
+
+
 def bucket_range(bucket: int) -> tuple[int, int]:
     """The RIFs ``[low, high]`` a bucket holds (for documentation and tests)."""
     if bucket < EXACT_BELOW:
@@ -496,7 +502,7 @@ class SojournByRif:
 
     # -- observer hooks (called by the backend) -----------------------------------------
     def arrived(self, job: Job, now: float, rif: int) -> None:
-        self._tags[job.job_id] = rif if rif < EXACT_BELOW else rif_bucket(rif)
+        self._tags[job.job_id] = _BUCKETS[rif] if rif < _TABLED else rif_bucket(rif)
 
     def finished(self, job: Job, now: float) -> None:
         bucket = self._tags.pop(job.job_id)
@@ -525,7 +531,7 @@ class SojournByRif:
         """:meth:`estimate` as answered at time ``t`` (the state unchanged since): for lazily answered probes."""
         if t - self.last_done > self.timeout:
             return math.nan
-        bucket = rif if rif < EXACT_BELOW else rif_bucket(rif)
+        bucket = _BUCKETS[rif] if rif < _TABLED else rif_bucket(rif)
         cached = self._medians.get(bucket)
         if cached is not None:
             return cached
