@@ -338,26 +338,30 @@ class Prequal(Router):
 
         Ties are broken at random.
         """
-        cold = [e for e in pool.values() if e[RIF] <= threshold]
-        if cold:
-            best = min(cold)  # entries compare by (order, RIF) first
-            order, rif = best[ORDER], best[RIF]
-            ties = [e for e in cold if e[RIF] == rif and e[ORDER] == order]
-        else:
-            rif = min(pool.values(), key=_RIF)[RIF]
-            ties = [e for e in pool.values() if e[RIF] == rif]
+        entries = pool.values()
+        best = min(entries)  # entries compare by (order, RIF) first
+        if best[RIF] > threshold:  # the best overall is hot: look among the cold only
+            cold = [e for e in entries if e[RIF] <= threshold]
+            if not cold:
+                rif = min(entries, key=_RIF)[RIF]
+                ties = [e for e in entries if e[RIF] == rif]
+                return ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
+            best = min(cold)
+        # every entry tied with the best is as cold as it is
+        order, rif = best[ORDER], best[RIF]
+        ties = [e for e in entries if e[RIF] == rif and e[ORDER] == order]
         return ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
 
     def worst(self, pool: dict[int, list], threshold: float) -> list:
         """The entry HCL likes least: the hot one with the highest RIF, else the slowest (ties at random)."""
-        hot = [e for e in pool.values() if e[RIF] > threshold]
-        if hot:
-            rif = max(hot, key=_RIF)[RIF]
-            ties = [e for e in hot if e[RIF] == rif]
+        entries = pool.values()
+        rif = max(entries, key=_RIF)[RIF]
+        if rif > threshold:  # some are hot: the highest RIF (hot, as its ties are)
+            ties = [e for e in entries if e[RIF] == rif]
         else:
-            worst = max(pool.values())  # entries compare by (order, RIF) first
+            worst = max(entries)  # entries compare by (order, RIF) first
             order, rif = worst[ORDER], worst[RIF]
-            ties = [e for e in pool.values() if e[RIF] == rif and e[ORDER] == order]
+            ties = [e for e in entries if e[RIF] == rif and e[ORDER] == order]
         return ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
 
     @staticmethod
