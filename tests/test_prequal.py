@@ -204,6 +204,44 @@ def test_selection_ties_are_broken_at_random():
     assert stats.chisquare(np.bincount(picks, minlength=4)).pvalue > 1e-4
 
 
+def _hcl_by_the_definition(pool, threshold, uniform, worst=False):
+    """HCL's pick (or its least liked entry) written out from the definition, on named entries."""
+
+    def key(e):  # unknown estimates rank first among the cold
+        return (-math.inf if math.isnan(e.sojourn_estimate) else e.sojourn_estimate, e.rif)
+
+    entries = list(pool.values())
+    cold = [e for e in entries if e.rif <= threshold]
+    hot = [e for e in entries if e.rif > threshold]
+    if worst:
+        ties = [e for e in hot if e.rif == max(h.rif for h in hot)] if hot else [
+            e for e in cold if key(e) == max(map(key, cold))
+        ]
+    elif cold:
+        ties = [e for e in cold if key(e) == min(map(key, cold))]
+    else:
+        ties = [e for e in entries if e.rif == min(h.rif for h in entries)]
+    return ties[0].backend if len(ties) == 1 else ties[int(uniform() * len(ties))].backend
+
+
+@pytest.mark.parametrize("worst", [False, True])
+def test_select_and_worst_follow_the_definition_on_random_pools(worst):
+    """The router's select/worst (pool lists, shortcuts) against HCL written out, ties and NaN included."""
+    h, reference = Harness(backends=16, seed=5), Harness(backends=16, seed=5)
+    rng = np.random.default_rng(11)
+    for _ in range(3000):
+        size = int(rng.integers(2, 17))
+        backends = rng.choice(16, size, replace=False)
+        rifs = rng.integers(0, 6, size)
+        sojourns = np.where(rng.random(size) < 0.2, math.nan, rng.integers(1, 4, size) / 4)
+        pool = {int(j): pool_entry(int(j), int(r), float(s), 0.0, math.inf) for j, r, s in zip(backends, rifs, sojourns)}
+        named = {j: PoolEntry(j, e[1], e[5], 0.0, math.inf) for j, e in pool.items()}
+        threshold = int(rng.integers(-1, 7))
+        pick = (h.router.worst if worst else h.router.select)(pool, threshold)[BACKEND]
+        assert pick == _hcl_by_the_definition(named, threshold, reference.router.uniform, worst)
+    assert h.router.uniform() == reference.router.uniform()  # the same draws, in the same order
+
+
 def test_fewer_than_two_entries_picks_a_uniform_neighbour():
     connect = [[j % 2 == 0 for j in range(12)]]  # neighbours 0, 2, ..., 10
     h = Harness(backends=12, connect=connect, r_probe=0.0, r_remove=0.0)

@@ -72,10 +72,11 @@ class Answering:
     jobs present.
     """
 
-    __slots__ = ("backend", "inner", "jobs", "pending", "probes")
+    __slots__ = ("_arrived", "_estimate_at", "_finished", "backend", "inner", "jobs", "pending", "probes")
 
     def __init__(self, inner: Any, backend: Any, probes: LazyProbes):
         self.inner = inner
+        self._arrived, self._finished, self._estimate_at = inner.arrived, inner.finished, inner.estimate_at
         self.backend = backend
         self.probes = probes
         self.jobs = backend.jobs  # n_j, counted from the announcements
@@ -90,18 +91,18 @@ class Answering:
             barrier = job.job_id + 0.75 if job.t_arrival < now else self.probes.direct_barrier
             self.answer_before(now, barrier)
         self.jobs += 1
-        self.inner.arrived(job, now, rif)
+        self._arrived(job, now, rif)
 
     def finished(self, job: Any, now: float) -> None:
         pending = self.pending
         if pending and pending[0][0] < now:
             self.answer_before(now, -math.inf)
         self.jobs -= 1
-        self.inner.finished(job, now)
+        self._finished(job, now)
 
     def answer_before(self, now: float, barrier: float) -> None:
         """Answer from the present state the probes that arrived before ``now`` (at ``now``: sent before barrier)."""
-        pending, estimate_at, rif = self.pending, self.inner.estimate_at, self.jobs
+        pending, estimate_at, rif = self.pending, self._estimate_at, self.jobs
         while pending:
             t_answered, _, record = pending[0]
             if t_answered > now or (t_answered == now and not record[POSITION] < barrier):
