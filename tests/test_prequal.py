@@ -37,6 +37,7 @@ from lbsim.routers.prequal import (
     rif_bucket,
 )
 
+INF = math.inf
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "prequal_antagonist.toml"
 
 
@@ -144,7 +145,7 @@ def test_removal_alternates_oldest_and_worst():
 
 def test_worst_is_the_hottest_when_some_are_hot():
     h = Harness(backends=100, r_probe=0.0)
-    pool = {j: pool_entry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 3, 9.0), (1, 7, 0.1), (2, 6, 0.2)]}
+    pool = {j: pool_entry(j, rif, sojourn, 0.0, INF) for j, rif, sojourn in [(0, 3, 9.0), (1, 7, 0.1), (2, 6, 0.2)]}
     assert h.router.worst(pool, threshold=5)[BACKEND] == 1  # hot (7 and 6 > 5): highest RIF, sojourn aside
     assert h.router.worst(pool, threshold=10)[BACKEND] == 0  # all cold: the slowest
 
@@ -184,14 +185,14 @@ def test_cold_entry_with_lowest_sojourn_estimate_wins_and_hot_ones_are_skipped()
 
 def test_all_hot_takes_the_lowest_rif():
     h = Harness(backends=100, r_probe=0.0)
-    pool = {j: pool_entry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 5, 0.1), (1, 3, 9.0), (2, 4, 0.2)]}
+    pool = {j: pool_entry(j, rif, sojourn, 0.0, INF) for j, rif, sojourn in [(0, 5, 0.1), (1, 3, 9.0), (2, 4, 0.2)]}
     assert h.router.select(pool, threshold=2)[BACKEND] == 1
 
 
 def test_unknown_sojourn_estimate_ranks_first_among_cold_then_rif():
     h = Harness(backends=100, r_probe=0.0)
     nan = math.nan
-    pool = {j: pool_entry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 1, 0.1), (1, 3, nan), (2, 2, nan)]}
+    pool = {j: pool_entry(j, rif, sojourn, 0.0, INF) for j, rif, sojourn in [(0, 1, 0.1), (1, 3, nan), (2, 2, nan)]}
     assert h.router.select(pool, threshold=5)[BACKEND] == 2
     assert h.router.worst(pool, threshold=5)[BACKEND] == 0
     assert h.router.select(pool, threshold=1)[BACKEND] == 0  # the unknowns are hot: cold beats hot
@@ -234,8 +235,8 @@ def test_select_and_worst_follow_the_definition_on_random_pools(worst):
         backends = rng.choice(16, size, replace=False)
         rifs = rng.integers(0, 6, size)
         sojourns = np.where(rng.random(size) < 0.2, math.nan, rng.integers(1, 4, size) / 4)
-        pool = {int(j): pool_entry(int(j), int(r), float(s), 0.0, math.inf) for j, r, s in zip(backends, rifs, sojourns)}
-        named = {j: PoolEntry(j, e[1], e[5], 0.0, math.inf) for j, e in pool.items()}
+        named = {int(j): PoolEntry(int(j), int(r), float(s), 0.0, INF) for j, r, s in zip(backends, rifs, sojourns)}
+        pool = {j: pool_entry(*e) for j, e in named.items()}
         threshold = int(rng.integers(-1, 7))
         pick = (h.router.worst if worst else h.router.select)(pool, threshold)[BACKEND]
         assert pick == _hcl_by_the_definition(named, threshold, reference.router.uniform, worst)
