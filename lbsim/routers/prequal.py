@@ -522,7 +522,10 @@ class SojournByRif:
         """The median recent sojourn at about ``rif`` (else scaled from the nearest bucket; NaN if unknown)."""
         if self.clock is not None and self.clock() - self.last_done > self.timeout:
             return math.nan
-        bucket = rif_bucket(rif)
+        bucket = _BUCKETS[rif] if rif < _TABLED else rif_bucket(rif)
+        cached = self._medians.get(bucket)
+        if cached is not None:
+            return cached
         if bucket in self._windows:
             return self._median(bucket)
         nearest = self._nearest(bucket)
