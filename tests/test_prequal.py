@@ -352,10 +352,7 @@ def test_probes_take_two_network_delays_and_read_the_backend_half_way():
     router.route = route
     # replies reach the router up to a query's gap after they land: keep the whole history to check them
     sim.backends[0].context.history_window = math.inf
-    if sim.lazy_probes is not None:
-        sim.lazy_probes.router_route = route
-    else:
-        sim.route = route
+    sim.route = route
     sim.run()
     assert len(seen) > 1000
     for frontend, reply, jobs in seen:
@@ -517,33 +514,104 @@ def test_prequal_beats_baselines_on_p99(evidence, baseline):
     assert (other / prequal).min() > 1.15, f"prequal vs {baseline} p99: {report}"
 
 
-# -- probes without kernel events (lbsim/engine/probes.py) ----------------------------------
+# -- the implementation against the rules written out plainly -------------------------------------
+class _Entry:
+    """A pool entry as the plain implementation keeps it (an object per reply)."""
+
+    def __init__(self, backend, rif, sojourn_estimate, t_answered, uses_left):
+        self.backend, self.rif, self.t_answered, self.uses_left = backend, rif, t_answered, uses_left
+        self.order = sojourn_estimate if sojourn_estimate == sojourn_estimate else -math.inf
+
+
+def _plain_route(self, frontend, job, view):
+    now = self.ctx.now()
+    queries = self._queries[frontend]
+    self._queries[frontend] = queries + 1
+    num, den = self._probe_rate
+    count = (queries + 1) * num // den - queries * num // den
+    if count:
+        targets = self.sample(self.neighbours[frontend], count)
+        for backend in targets:
+            self.ctx.probe(frontend, backend, self._on_reply[frontend])
+        self.probes_sent += len(targets)
+        self._last_probe[frontend] = now
+    pool = self.pools[frontend]
+    for stale in [e for e in pool.values() if e.t_answered < now - self.max_age]:
+        del pool[stale.backend]
+    ordered = self._rif_sorted[frontend]
+    k = math.ceil(self.params.q_rif * len(ordered)) - 1
+    threshold = ordered[min(max(k, 0), len(ordered) - 1)] if ordered else math.inf
+    if len(pool) < 2:
+        backend = self.choice(self.neighbours[frontend])
+    else:
+        cold = [e for e in pool.values() if e.rif <= threshold]
+        if cold:
+            best = min((e.order, e.rif) for e in cold)
+            ties = [e for e in cold if (e.order, e.rif) == best]
+        else:
+            ties = [e for e in pool.values() if e.rif == min(e.rif for e in pool.values())]
+        entry = ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
+        backend = entry.backend
+        entry.rif += 1
+        entry.uses_left -= 1
+        if entry.uses_left <= 0:
+            del pool[backend]
+    num, den = self._remove_rate
+    for _ in range((queries + 1) * num // den - queries * num // den):
+        if not pool:
+            break
+        worst = self._remove_worst_next[frontend]
+        self._remove_worst_next[frontend] = not worst
+        if not worst:
+            del pool[min(pool.values(), key=lambda e: e.t_answered).backend]
+            continue
+        hot = [e for e in pool.values() if e.rif > threshold]
+        if hot:
+            ties = [e for e in hot if e.rif == max(e.rif for e in hot)]
+        else:
+            top = max((e.order, e.rif) for e in pool.values())
+            ties = [e for e in pool.values() if (e.order, e.rif) == top]
+        del pool[(ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]).backend]
+    return backend
+
+
+def _plain_receive(self, frontend, reply):
+    fifo, ordered = self._rif_fifo[frontend], self._rif_sorted[frontend]
+    fifo.append(reply.rif)
+    ordered.append(reply.rif)
+    ordered.sort()
+    if len(fifo) > self.params.rif_window:
+        ordered.remove(fifo.popleft())
+    pool = self.pools[frontend]
+    known = pool.get(reply.backend)
+    if known is not None:
+        if known.t_answered >= reply.t_answered:
+            return
+        del pool[reply.backend]
+    uses = self.draw_reuses(len(pool), len(self.neighbours[frontend]))
+    pool[reply.backend] = _Entry(reply.backend, reply.rif, reply.sojourn_estimate, reply.t_answered, uses)
+    if len(pool) > self.params.pool_size:
+        del pool[min(pool.values(), key=lambda e: e.t_answered).backend]
+
+
 @pytest.mark.parametrize(
     "sets, params",
     [
-        (["simulation.horizon=12"], {}),
-        (["simulation.horizon=12", "network.jitter={kind='exponential', mean=0.001}"], {}),
-        (["simulation.horizon=12", "network.telemetry='none'"], {"idle_probe_interval": 0.002, "r_probe": 1.5}),
-        (["simulation.horizon=12", "network.delay=0.0"], {"idle_probe_interval": 0.01}),
-        # 2 d = 0.006 s is three idle-probe intervals: replies land at the instant of a tick
-        (["simulation.horizon=12", "network.delay=0.003"], {"idle_probe_interval": 0.002}),
+        (["simulation.horizon=6"], {}),
+        (["simulation.horizon=6", "network.jitter={kind='exponential', mean=0.001}"], {"max_age": 0.05}),
+        (["simulation.horizon=6"], {"idle_probe_interval": 0.002, "r_probe": 1.5, "r_remove": 0.5, "pool_size": 4}),
     ],
 )
-def test_lazy_probes_give_the_two_event_path_to_the_bit(monkeypatch, sets, params):
-    """Answered at the backend's next change, delivered before the next router call: the same run, bit for bit."""
-    from lbsim.engine.probes import LazyProbes
-
-    sc = lbsim.load_scenario(SCENARIO, ["simulation.warmup=2", *sets], warn=False)
-
-    def run(lazy: bool):
-        monkeypatch.setattr(LazyProbes, "supported", staticmethod(lambda sim: lazy))
-        sim = Simulation(sc, router="prequal", **params)
-        assert (sim.lazy_probes is not None) == lazy
-        result = sim.run()
-        pools = [sorted((j, repr(e)) for j, e in pool.items()) for pool in sim.router.pools]
-        return result, pools, sim.router._rif_sorted, sim.router.uniform()
-
-    (lazy, lazy_pools, lazy_rifs, lazy_draw), (events, pools, rifs, draw) = run(True), run(False)
-    assert lazy.jobs.equals(events.jobs)
-    assert lazy.timeseries.equals(events.timeseries)
-    assert (lazy_pools, lazy_rifs, lazy_draw) == (pools, rifs, draw)
+def test_router_gives_the_plain_implementation_to_the_bit(monkeypatch, sets, params):
+    """The router (pool lists, tables, shortcuts, draws in place) against the rules written out with objects."""
+    sc = lbsim.load_scenario(SCENARIO, ["simulation.warmup=1", *sets], warn=False)
+    fast = Simulation(sc, router="prequal", **params)
+    fast_result = fast.run()
+    monkeypatch.setattr(Prequal, "route", _plain_route)
+    monkeypatch.setattr(Prequal, "receive", _plain_receive)
+    plain = Simulation(sc, router="prequal", **params)
+    plain_result = plain.run()
+    assert fast.router.probes_sent == plain.router.probes_sent > 0
+    assert fast_result.jobs.equals(plain_result.jobs)
+    assert fast_result.timeseries.equals(plain_result.timeseries)
+    assert fast.router.uniform() == plain.router.uniform()  # the same draws, in the same order

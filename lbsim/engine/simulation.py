@@ -36,7 +36,6 @@ from ..rates import RateFamily
 from ..routers.base import ProbeReply, Router, RouterContext, make_router, router_class
 from ..scenario import Scenario
 from .kernel import Kernel
-from .probes import LazyProbes
 from .records import JobRecords, LatencyRecords, SampleRecords, SplitRecords, TokenJobRecords
 from .telemetry import LocalView, make_view
 
@@ -280,12 +279,6 @@ class Simulation:
         self._arrive_callbacks = (self._arrive,)
         self._probe_arrives_callbacks = (self._probe_arrives,)
         self._probe_returns_callbacks = (self._probe_returns,)
-        # Probes without kernel events where that is exact (probes.py); the two-event path otherwise.
-        self.lazy_probes: LazyProbes | None = None
-        if self.router.backend_observer is not None and LazyProbes.supported(self):
-            self.lazy_probes = LazyProbes(self)
-            ctx.probe = self.lazy_probes.send
-            self.route = self.lazy_probes.route
 
     def _rates(self, router: str) -> list[RateFamily]:
         """mu_j for the router's context: all of them for a router that reads them (or a one-line error)."""
@@ -465,8 +458,7 @@ class Simulation:
         self._every(self.scenario.simulation.sample_interval, self._sample)
         if self.router.tick_interval:
             interval = self.router.tick_interval
-            tick = self.lazy_probes.tick if self.lazy_probes is not None else self.router.tick
-            self._every(interval, lambda t: tick(t, self.view), start=interval)
+            self._every(interval, lambda t: self.router.tick(t, self.view), start=interval)
         # A run allocates millions of short-lived objects but no reference cycles
         # (jobs, events and heap entries are freed by reference counting), so the
         # cyclic collector would only rescan the live ones over and over.
@@ -478,8 +470,6 @@ class Simulation:
             if collecting:
                 gc.enable()
         last = math.nextafter(self.horizon, -math.inf)  # as with events: nothing at the horizon itself
-        if self.lazy_probes is not None:  # replies landed after the last router call, as their events would have
-            self.lazy_probes.deliver(last, math.inf)
         for b in self.backends:
             b.catch_up(last)
         self.wall_seconds = time.perf_counter() - started

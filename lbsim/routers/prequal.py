@@ -534,22 +534,6 @@ class SojournByRif:
         low, high = bucket_range(nearest)
         return self._median(nearest) * (rif + 1) / (0.5 * (low + high) + 1)
 
-    def estimate_at(self, rif: int, t: float) -> float:
-        """:meth:`estimate` as answered at time ``t`` (the state unchanged since): for lazily answered probes."""
-        if t - self.last_done > self.timeout:
-            return math.nan
-        bucket = _BUCKETS[rif] if rif < _TABLED else rif_bucket(rif)
-        cached = self._medians.get(bucket)
-        if cached is not None:
-            return cached
-        if bucket in self._windows:
-            return self._median(bucket)
-        nearest = self._nearest(bucket)
-        if nearest is None:
-            return math.nan
-        low, high = bucket_range(nearest)
-        return self._median(nearest) * (rif + 1) / (0.5 * (low + high) + 1)
-
     def add(self, bucket: int, sojourn: float) -> None:
         values = self._windows.get(bucket)
         if values is None:
