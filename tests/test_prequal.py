@@ -26,8 +26,18 @@ from lbsim.jobs import Job
 from lbsim.engine.simulation import Simulation
 from lbsim.rates import make_rate
 from lbsim.routers import ROUTERS, ProbeReply, RouterContext, make_router
-from lbsim.routers.prequal import SojournByRif, PoolEntry, Prequal, bucket_range, median, rif_bucket
+from lbsim.routers.prequal import (
+    BACKEND,
+    PoolEntry,
+    Prequal,
+    SojournByRif,
+    bucket_range,
+    median,
+    pool_entry,
+    rif_bucket,
+)
 
+INF = math.inf
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "prequal_antagonist.toml"
 
 
@@ -59,7 +69,7 @@ class Harness:
         return self.router.route(frontend, Job(0, frontend, 1.0, self.now), None)
 
     def pool(self, frontend: int = 0) -> dict[int, PoolEntry]:
-        return self.router.pools[frontend]
+        return self.router.pool(frontend)
 
 
 # -- reuse budget ----------------------------------------------------------------------------
@@ -135,9 +145,9 @@ def test_removal_alternates_oldest_and_worst():
 
 def test_worst_is_the_hottest_when_some_are_hot():
     h = Harness(backends=100, r_probe=0.0)
-    pool = {j: PoolEntry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 3, 9.0), (1, 7, 0.1), (2, 6, 0.2)]}
-    assert h.router.worst(pool, threshold=5).backend == 1  # hot (7 and 6 > 5): highest RIF, sojourn aside
-    assert h.router.worst(pool, threshold=10).backend == 0  # all cold: the slowest
+    pool = {j: pool_entry(j, rif, sojourn, 0.0, INF) for j, rif, sojourn in [(0, 3, 9.0), (1, 7, 0.1), (2, 6, 0.2)]}
+    assert h.router.worst(pool, threshold=5)[BACKEND] == 1  # hot (7 and 6 > 5): highest RIF, sojourn aside
+    assert h.router.worst(pool, threshold=10)[BACKEND] == 0  # all cold: the slowest
 
 
 def test_fractional_r_remove_is_exact():
@@ -175,24 +185,62 @@ def test_cold_entry_with_lowest_sojourn_estimate_wins_and_hot_ones_are_skipped()
 
 def test_all_hot_takes_the_lowest_rif():
     h = Harness(backends=100, r_probe=0.0)
-    pool = {j: PoolEntry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 5, 0.1), (1, 3, 9.0), (2, 4, 0.2)]}
-    assert h.router.select(pool, threshold=2).backend == 1
+    pool = {j: pool_entry(j, rif, sojourn, 0.0, INF) for j, rif, sojourn in [(0, 5, 0.1), (1, 3, 9.0), (2, 4, 0.2)]}
+    assert h.router.select(pool, threshold=2)[BACKEND] == 1
 
 
 def test_unknown_sojourn_estimate_ranks_first_among_cold_then_rif():
     h = Harness(backends=100, r_probe=0.0)
     nan = math.nan
-    pool = {j: PoolEntry(j, rif, sojourn, 0.0, math.inf) for j, rif, sojourn in [(0, 1, 0.1), (1, 3, nan), (2, 2, nan)]}
-    assert h.router.select(pool, threshold=5).backend == 2
-    assert h.router.worst(pool, threshold=5).backend == 0
-    assert h.router.select(pool, threshold=1).backend == 0  # the unknowns are hot: cold beats hot
+    pool = {j: pool_entry(j, rif, sojourn, 0.0, INF) for j, rif, sojourn in [(0, 1, 0.1), (1, 3, nan), (2, 2, nan)]}
+    assert h.router.select(pool, threshold=5)[BACKEND] == 2
+    assert h.router.worst(pool, threshold=5)[BACKEND] == 0
+    assert h.router.select(pool, threshold=1)[BACKEND] == 0  # the unknowns are hot: cold beats hot
 
 
 def test_selection_ties_are_broken_at_random():
     h = Harness(backends=100, r_probe=0.0)
-    pool = {j: PoolEntry(j, 2, 1.0, 0.0, math.inf) for j in range(4)}
-    picks = [h.router.select(pool, threshold=5).backend for _ in range(4000)]
+    pool = {j: pool_entry(j, 2, 1.0, 0.0, math.inf) for j in range(4)}
+    picks = [h.router.select(pool, threshold=5)[BACKEND] for _ in range(4000)]
     assert stats.chisquare(np.bincount(picks, minlength=4)).pvalue > 1e-4
+
+
+def _hcl_by_the_definition(pool, threshold, uniform, worst=False):
+    """HCL's pick (or its least liked entry) written out from the definition, on named entries."""
+
+    def key(e):  # unknown estimates rank first among the cold
+        return (-math.inf if math.isnan(e.sojourn_estimate) else e.sojourn_estimate, e.rif)
+
+    entries = list(pool.values())
+    cold = [e for e in entries if e.rif <= threshold]
+    hot = [e for e in entries if e.rif > threshold]
+    if worst:
+        ties = [e for e in hot if e.rif == max(h.rif for h in hot)] if hot else [
+            e for e in cold if key(e) == max(map(key, cold))
+        ]
+    elif cold:
+        ties = [e for e in cold if key(e) == min(map(key, cold))]
+    else:
+        ties = [e for e in entries if e.rif == min(h.rif for h in entries)]
+    return ties[0].backend if len(ties) == 1 else ties[int(uniform() * len(ties))].backend
+
+
+@pytest.mark.parametrize("worst", [False, True])
+def test_select_and_worst_follow_the_definition_on_random_pools(worst):
+    """The router's select/worst (pool lists, shortcuts) against HCL written out, ties and NaN included."""
+    h, reference = Harness(backends=16, seed=5), Harness(backends=16, seed=5)
+    rng = np.random.default_rng(11)
+    for _ in range(3000):
+        size = int(rng.integers(2, 17))
+        backends = rng.choice(16, size, replace=False)
+        rifs = rng.integers(0, 6, size)
+        sojourns = np.where(rng.random(size) < 0.2, math.nan, rng.integers(1, 4, size) / 4)
+        named = {int(j): PoolEntry(int(j), int(r), float(s), 0.0, INF) for j, r, s in zip(backends, rifs, sojourns)}
+        pool = {j: pool_entry(*e) for j, e in named.items()}
+        threshold = int(rng.integers(-1, 7))
+        pick = (h.router.worst if worst else h.router.select)(pool, threshold)[BACKEND]
+        assert pick == _hcl_by_the_definition(named, threshold, reference.router.uniform, worst)
+    assert h.router.uniform() == reference.router.uniform()  # the same draws, in the same order
 
 
 def test_fewer_than_two_entries_picks_a_uniform_neighbour():
@@ -274,6 +322,7 @@ def test_fractional_r_probe_has_the_exact_long_run_rate(r_probe):
 
 
 def test_probes_take_two_network_delays_and_read_the_backend_half_way():
+    """A reply reads the backend at t_sent + d_ij and reaches the router after t_sent + 2 d_ij, before its next call."""
     delays = [[0.01, 0.05, 0.2], [0.3, 0.02, 0.07]]
     sc = scenario(
         [backend("batch", a=0.05, b=0.02)] * 3,
@@ -285,23 +334,44 @@ def test_probes_take_two_network_delays_and_read_the_backend_half_way():
     sim = Simulation(sc)
     router = sim.router
     seen = []
-    original = router.receive
+    calls = []  # ("reply", t_landed) and ("route", t), in the order the router saw them
+    original, original_route = router.receive, router.route
 
     def receive(frontend, reply):
         b = sim.backends[reply.backend]
         # the state just before the answer: a job routed in the same instant reaches the backend after it
-        seen.append((frontend, reply, sim.env.now, b.jobs_at(math.nextafter(reply.t_answered, -math.inf))))
+        seen.append((frontend, reply, b.jobs_at(math.nextafter(reply.t_answered, -math.inf))))
+        calls.append(("reply", reply.t_sent + 2 * delays[frontend][reply.backend]))
         original(frontend, reply)
 
+    def route(frontend, job, view):
+        calls.append(("route", sim.env.now))
+        return original_route(frontend, job, view)
+
     router._on_reply = [lambda r, i=i: receive(i, r) for i in range(2)]
+    router.route = route
+    # replies reach the router up to a query's gap after they land: keep the whole history to check them
+    sim.backends[0].context.history_window = math.inf
+    sim.route = route
     sim.run()
     assert len(seen) > 1000
-    for frontend, reply, t_received, jobs in seen:
+    for frontend, reply, jobs in seen:
         d = delays[frontend][reply.backend]
         assert reply.t_answered - reply.t_sent == pytest.approx(d, abs=1e-12)
-        assert t_received - reply.t_sent == pytest.approx(2 * d, abs=1e-12)
         assert reply.rif == jobs
-    assert {(f, r.backend) for f, r, _, _ in seen} == {(i, j) for i in range(2) for j in range(3)}
+    landed = 0.0  # the latest landing handed over so far
+    for kind, t in calls:
+        if kind == "reply":
+            landed = max(landed, t)
+        else:  # every reply landed before a call was handed over before it, none landed after it
+            assert landed <= t + 1e-12
+    last_route = -math.inf  # every reply that landed before a call was handed over before it
+    for kind, t in calls:
+        if kind == "route":
+            last_route = t
+        else:
+            assert t >= last_route - 1e-12
+    assert {(f, r.backend) for f, r, _ in seen} == {(i, j) for i in range(2) for j in range(3)}
 
 
 def test_idle_probing_keeps_a_quiet_frontend_probing():
@@ -442,3 +512,106 @@ def test_prequal_beats_baselines_on_p99(evidence, baseline):
     assert (prequal < other).all(), f"prequal vs {baseline} p99: {report}"
     assert low > 0, f"prequal vs {baseline} p99: {report}; 99% lower bound of the mean gap {low:.3f}"
     assert (other / prequal).min() > 1.15, f"prequal vs {baseline} p99: {report}"
+
+
+# -- the implementation against the rules written out plainly -------------------------------------
+class _Entry:
+    """A pool entry as the plain implementation keeps it (an object per reply)."""
+
+    def __init__(self, backend, rif, sojourn_estimate, t_answered, uses_left):
+        self.backend, self.rif, self.t_answered, self.uses_left = backend, rif, t_answered, uses_left
+        self.order = sojourn_estimate if sojourn_estimate == sojourn_estimate else -math.inf
+
+
+def _plain_route(self, frontend, job, view):
+    now = self.ctx.now()
+    queries = self._queries[frontend]
+    self._queries[frontend] = queries + 1
+    num, den = self._probe_rate
+    count = (queries + 1) * num // den - queries * num // den
+    if count:
+        targets = self.sample(self.neighbours[frontend], count)
+        for backend in targets:
+            self.ctx.probe(frontend, backend, self._on_reply[frontend])
+        self.probes_sent += len(targets)
+        self._last_probe[frontend] = now
+    pool = self.pools[frontend]
+    for stale in [e for e in pool.values() if e.t_answered < now - self.max_age]:
+        del pool[stale.backend]
+    ordered = self._rif_sorted[frontend]
+    k = math.ceil(self.params.q_rif * len(ordered)) - 1
+    threshold = ordered[min(max(k, 0), len(ordered) - 1)] if ordered else math.inf
+    if len(pool) < 2:
+        backend = self.choice(self.neighbours[frontend])
+    else:
+        cold = [e for e in pool.values() if e.rif <= threshold]
+        if cold:
+            best = min((e.order, e.rif) for e in cold)
+            ties = [e for e in cold if (e.order, e.rif) == best]
+        else:
+            ties = [e for e in pool.values() if e.rif == min(e.rif for e in pool.values())]
+        entry = ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
+        backend = entry.backend
+        entry.rif += 1
+        entry.uses_left -= 1
+        if entry.uses_left <= 0:
+            del pool[backend]
+    num, den = self._remove_rate
+    for _ in range((queries + 1) * num // den - queries * num // den):
+        if not pool:
+            break
+        worst = self._remove_worst_next[frontend]
+        self._remove_worst_next[frontend] = not worst
+        if not worst:
+            del pool[min(pool.values(), key=lambda e: e.t_answered).backend]
+            continue
+        hot = [e for e in pool.values() if e.rif > threshold]
+        if hot:
+            ties = [e for e in hot if e.rif == max(e.rif for e in hot)]
+        else:
+            top = max((e.order, e.rif) for e in pool.values())
+            ties = [e for e in pool.values() if (e.order, e.rif) == top]
+        del pool[(ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]).backend]
+    return backend
+
+
+def _plain_receive(self, frontend, reply):
+    fifo, ordered = self._rif_fifo[frontend], self._rif_sorted[frontend]
+    fifo.append(reply.rif)
+    ordered.append(reply.rif)
+    ordered.sort()
+    if len(fifo) > self.params.rif_window:
+        ordered.remove(fifo.popleft())
+    pool = self.pools[frontend]
+    known = pool.get(reply.backend)
+    if known is not None:
+        if known.t_answered >= reply.t_answered:
+            return
+        del pool[reply.backend]
+    uses = self.draw_reuses(len(pool), len(self.neighbours[frontend]))
+    pool[reply.backend] = _Entry(reply.backend, reply.rif, reply.sojourn_estimate, reply.t_answered, uses)
+    if len(pool) > self.params.pool_size:
+        del pool[min(pool.values(), key=lambda e: e.t_answered).backend]
+
+
+@pytest.mark.parametrize(
+    "sets, params",
+    [
+        (["simulation.horizon=6"], {}),
+        (["simulation.horizon=6", "network.jitter={kind='exponential', mean=0.001}"], {"max_age": 0.05}),
+        (["simulation.horizon=6"], {"idle_probe_interval": 0.002, "r_probe": 1.5, "r_remove": 0.5, "pool_size": 4}),
+    ],
+)
+def test_router_gives_the_plain_implementation_to_the_bit(monkeypatch, sets, params):
+    """The router (pool lists, tables, shortcuts, draws in place) against the rules written out with objects."""
+    sc = lbsim.load_scenario(SCENARIO, ["simulation.warmup=1", *sets], warn=False)
+    fast = Simulation(sc, router="prequal", **params)
+    fast_result = fast.run()
+    monkeypatch.setattr(Prequal, "route", _plain_route)
+    monkeypatch.setattr(Prequal, "receive", _plain_receive)
+    plain = Simulation(sc, router="prequal", **params)
+    plain_result = plain.run()
+    assert fast.router.probes_sent == plain.router.probes_sent > 0
+    assert fast_result.jobs.equals(plain_result.jobs)
+    assert fast_result.timeseries.equals(plain_result.timeseries)
+    assert fast.router.uniform() == plain.router.uniform()  # the same draws, in the same order

@@ -46,6 +46,7 @@ from .telemetry import LocalView, make_view
 STREAMS = ("arrivals", "sizes", "router", "network", "antagonist", "backends")
 
 _new = object.__new__
+_tuple_new = tuple.__new__
 BATCH = 4096  # random draws are made in numpy batches: one numpy call per job would dominate
 
 
@@ -314,6 +315,8 @@ class Simulation:
         self._arrive_callbacks = (self._arrive,)
         self._reach_callbacks = (self._reach_backend,)
         self._respond_callbacks = (self._respond,)
+        self._probe_arrives_callbacks = (self._probe_arrives,)
+        self._probe_returns_callbacks = (self._probe_returns,)
 
     def _rates(self, router: str) -> list[RateFamily]:
         """mu_j for the router's context: all of them for a router that reads them (or a one-line error)."""
@@ -397,26 +400,39 @@ class Simulation:
 
     # -- probes (Prequal) -------------------------------------------------------------
     def probe(self, frontend: int, backend: int, on_reply: Callable[[ProbeReply], None]) -> None:
-        """Send a probe that travels d_ij to the backend, reads its state there, and d_ij back."""
-        there, back = self._hop(frontend, backend), self._hop(frontend, backend)
-        self.env.schedule(Wakeup(self._probe_arrives, (backend, back, self.env._now, on_reply)), NORMAL, there)
+        """Send a probe that travels d_ij to the backend, reads its state there, and d_ij back.
+
+        One event object carries the probe both ways (rescheduled when it
+        reaches the backend, as an arrival event is), and both events are
+        queued as ``env.schedule`` would queue them: a probe costs two kernel
+        events and no more.
+        """
+        env = self.env
+        now = env._now
+        there = back = self.delay[frontend][backend]
+        if self.jitter is not None:  # both hops drawn now, in order: reproducible
+            there, back = there + self.jitter.next(), there + self.jitter.next()
+        event = _new(Wakeup)  # Wakeup(self._probe_arrives, ...), without __init__
+        event.callbacks = self._probe_arrives_callbacks
+        event.payload = (backend, back, now, on_reply)
+        event._ok = True
+        heappush(env._queue, (now + there, NORMAL, next(env._eid), event))  # type: ignore[misc]
 
     def _probe_arrives(self, event: Wakeup) -> None:
         backend, back, t_sent, on_reply = event.payload
-        now = self.env._now
+        env = self.env
+        now = env._now
         b = self.backends[backend]
         b.catch_up(now)
-        reply = ProbeReply(backend, b.jobs, b.sojourn_estimate(), t_sent, now)
-        self.env.schedule(Wakeup(self._probe_returns, (on_reply, reply)), NORMAL, back)
+        # ProbeReply(...) without its Python __new__
+        event.payload = (on_reply, _tuple_new(ProbeReply, (backend, b.jobs, b.sojourn_estimate(), t_sent, now)))
+        event.callbacks = self._probe_returns_callbacks
+        heappush(env._queue, (now + back, NORMAL, next(env._eid), event))  # type: ignore[misc]
 
     @staticmethod
     def _probe_returns(event: Wakeup) -> None:
         on_reply, reply = event.payload
         on_reply(reply)
-
-    def _hop(self, frontend: int, backend: int) -> float:
-        delay = self.delay[frontend][backend]
-        return delay + self.jitter.next() if self.jitter is not None else delay
 
     # -- periodic activities ----------------------------------------------------------
     def _every(

@@ -67,11 +67,16 @@ from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
 from functools import partial
-from operator import attrgetter
+from operator import itemgetter
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from .base import ProbeReply, Router, register
+from .base import ProbeReply, Router, RouterContext, register
+
+if TYPE_CHECKING:
+    from ..jobs import Job
+    from ..view import View
 
 INF = math.inf
 
@@ -106,25 +111,28 @@ class PrequalParams(BaseModel):
     )
 
 
-class PoolEntry:
-    """A probe reply in a frontend's pool, with what this frontend has done with it since."""
+# A pool entry is a plain list, indexed by these (one is built per probe reply: an instance of a
+# class costs five times as much). ORDER and RIF come first so that comparing two entries compares
+# them by (sojourn estimate, RIF) first, the selection rule's order; BACKEND, unique in a pool,
+# comes before the estimate, which may be NaN and so is never compared.
+ORDER, RIF, T_ANSWERED, USES_LEFT, BACKEND, SOJOURN_ESTIMATE = range(6)
 
-    __slots__ = ("backend", "order", "rif", "sojourn_estimate", "t_answered", "uses_left")
 
-    def __init__(self, backend: int, rif: int, sojourn_estimate: float, t_answered: float, uses_left: float):
-        self.backend = backend
-        self.rif = rif  # plus one for each query this frontend has sent there since
-        self.sojourn_estimate = sojourn_estimate  # NaN: unknown
-        # an unknown estimate ranks first among the cold
-        self.order = sojourn_estimate if sojourn_estimate == sojourn_estimate else -INF
-        self.t_answered = t_answered
-        self.uses_left = uses_left
+def pool_entry(backend: int, rif: int, sojourn_estimate: float, t_answered: float, uses_left: float) -> list:
+    """A pool entry: a probe reply, with what its frontend has done with it since (RIF, uses left)."""
+    # an unknown estimate (NaN) ranks first among the cold
+    order = sojourn_estimate if sojourn_estimate == sojourn_estimate else -INF
+    return [order, rif, t_answered, uses_left, backend, sojourn_estimate]
 
-    def __repr__(self) -> str:
-        return (
-            f"PoolEntry(backend={self.backend}, rif={self.rif}, sojourn_estimate={self.sojourn_estimate:.4g}, "
-            f"t_answered={self.t_answered:.6g}, uses_left={self.uses_left})"
-        )
+
+class PoolEntry(NamedTuple):
+    """A pool entry as :meth:`Prequal.pool` shows it (the router itself keeps :func:`pool_entry` lists)."""
+
+    backend: int
+    rif: int  # the RIF answered, plus one for each query this frontend has sent there since
+    sojourn_estimate: float  # NaN: unknown
+    t_answered: float
+    uses_left: float
 
 
 @register
@@ -141,11 +149,14 @@ class Prequal(Router):
     Params = PrequalParams
     params: PrequalParams
 
-    def __init__(self, params: PrequalParams, ctx):
+    def __init__(self, params: PrequalParams, ctx: RouterContext):
         super().__init__(params, ctx)
         F = ctx.num_frontends
         # Each pool maps backend -> entry (one entry per backend), in the order the replies landed.
-        self.pools: list[dict[int, PoolEntry]] = [{} for _ in range(F)]
+        self.pools: list[dict[int, list]] = [{} for _ in range(F)]
+        # A lower bound of the t_answered in each pool: no entry can be stale while it is >= now - max_age,
+        # so a query scans its pool for stale entries only when the bound says one may be.
+        self._oldest_bound = [INF] * F
         # Fractional rates are exact rationals p/q; after k queries exactly floor(k p/q) probes
         # (removals) have been made, in integer arithmetic so no rounding drifts over long runs.
         self._probe_rate = _rational(params.r_probe)
@@ -162,6 +173,16 @@ class Prequal(Router):
         self._pool_size = params.pool_size
         self._budget_terms = (params.r_probe, params.r_remove, params.delta)
         self._neighbour_counts = [len(nb) for nb in self.neighbours]
+        # Where the hot threshold sits in the sorted RIF window, by the window's length (hot_threshold).
+        q = params.q_rif
+        self._quantile_index = [0] + [min(max(math.ceil(q * n) - 1, 0), n - 1) for n in range(1, params.rif_window + 1)]
+        # b_reuse by pool size m = 0..pool_size, per frontend: None (unlimited) or (whole part, fraction).
+        self._reuses = [
+            [_whole_and_fraction(self.reuse_budget(m, n)) for m in range(params.pool_size + 1)] if n else []
+            for n in self._neighbour_counts
+        ]
+        # what a reply needs of its frontend, in one tuple (one lookup per reply)
+        self._frontend_state = list(zip(self._rif_fifo, self._rif_sorted, self.pools, self._reuses))
         self.max_age = params.max_age if params.max_age is not None else params.max_age_services * self.service_time()
         window = params.sojourn_window
         timeout = params.sojourn_timeout if params.sojourn_timeout is not None else self.max_age
@@ -175,8 +196,15 @@ class Prequal(Router):
         times = [sbar / float(mu.value(sbar)) for mu in self.ctx.rates if float(mu.value(sbar)) > 0.0]
         return sum(times) / len(times)
 
+    def pool(self, frontend: int) -> dict[int, PoolEntry]:
+        """The pool of ``frontend``, backend -> entry, in the order the replies landed (a copy, for reading)."""
+        return {
+            b: PoolEntry(b, e[RIF], e[SOJOURN_ESTIMATE], e[T_ANSWERED], e[USES_LEFT])
+            for b, e in self.pools[frontend].items()
+        }
+
     # -- the query path ---------------------------------------------------------------
-    def route(self, frontend, job, view):
+    def route(self, frontend: int, job: Job, view: View) -> int:
         now = self.ctx.now()
         queries = self._queries[frontend]
         self._queries[frontend] = queries + 1
@@ -187,21 +215,21 @@ class Prequal(Router):
 
         pool = self.pools[frontend]
         cutoff = now - self.max_age
-        for entry in pool.values():
-            if entry.t_answered < cutoff:
-                for stale in [e for e in pool.values() if e.t_answered < cutoff]:
-                    del pool[stale.backend]
-                break
+        if self._oldest_bound[frontend] < cutoff:
+            for stale in [b for b, e in pool.items() if e[T_ANSWERED] < cutoff]:
+                del pool[stale]
+            self._oldest_bound[frontend] = min([e[T_ANSWERED] for e in pool.values()], default=INF)
 
-        threshold = self.hot_threshold(frontend)  # the RIF window changes only when replies land
+        ordered = self._rif_sorted[frontend]  # the RIF window changes only when replies land
+        threshold = ordered[self._quantile_index[len(ordered)]] if ordered else INF
         if len(pool) < 2:
             backend = self.choice(self.neighbours[frontend])
         else:
             entry = self.select(pool, threshold)
-            backend = entry.backend
-            entry.rif += 1
-            entry.uses_left -= 1
-            if entry.uses_left <= 0:
+            backend = entry[BACKEND]
+            entry[RIF] += 1
+            entry[USES_LEFT] -= 1
+            if entry[USES_LEFT] <= 0:
                 del pool[backend]
 
         num, den = self._remove_rate
@@ -210,46 +238,75 @@ class Prequal(Router):
                 break
             worst = self._remove_worst_next[frontend]
             self._remove_worst_next[frontend] = not worst
-            del pool[(self.worst(pool, threshold) if worst else self.oldest(pool)).backend]
+            del pool[(self.worst(pool, threshold) if worst else min(pool.values(), key=_T_ANSWERED))[BACKEND]]
         return backend
 
     # -- probes -----------------------------------------------------------------------
     def send_probes(self, frontend: int, count: int, now: float) -> None:
-        """Probe ``count`` distinct uniformly random neighbours (all of them if there are fewer)."""
-        targets = self.sample(self.neighbours[frontend], count)
+        """Probe ``count`` distinct uniformly random neighbours (all of them if there are fewer).
+
+        The targets are :meth:`Router.sample`'s (Floyd's algorithm), with its
+        draws taken from the batch in place while the batch lasts.
+        """
+        candidates = self.neighbours[frontend]
+        n = len(candidates)
+        uniforms = self._uniforms
         probe, on_reply = self.ctx.probe, self._on_reply[frontend]
-        for backend in targets:
-            probe(frontend, backend, on_reply)
-        self.probes_sent += len(targets)
+        if count < n and len(uniforms) >= count:
+            # Floyd's draws in place, each target probed as it is drawn (probing draws nothing here)
+            chosen: list[int] = []
+            for top in range(n - count, n):
+                k = int(uniforms.pop() * (top + 1))
+                if k in chosen:
+                    k = top
+                chosen.append(k)
+                probe(frontend, candidates[k], on_reply)
+        else:  # all neighbours, or the batch runs out on the way: sample() refills it at the same draw
+            for backend in self.sample(candidates, count):
+                probe(frontend, backend, on_reply)
+        self.probes_sent += min(count, n)
         self._last_probe[frontend] = now
 
-    def tick(self, now, view):
+    def tick(self, now: float, view: View) -> None:
         """Idle probing: a frontend that sent no probe for an interval sends one."""
         interval = self.params.idle_probe_interval
+        assert interval is not None  # tick runs only with idle probing on
         for frontend in range(self.ctx.num_frontends):
             if self._last_probe[frontend] <= now - interval:
                 self.send_probes(frontend, 1, now)
 
     def receive(self, frontend: int, reply: ProbeReply) -> None:
         """A probe reply lands at ``frontend``: record its RIF, put it in the pool."""
-        rif = reply.rif
-        fifo, ordered = self._rif_fifo[frontend], self._rif_sorted[frontend]
+        backend, rif, sojourn_estimate, _, t_answered = reply
+        fifo, ordered, pool, reuses_by_size = self._frontend_state[frontend]
         fifo.append(rif)
         insort(ordered, rif)
         if len(fifo) > self._rif_window:
             del ordered[bisect_left(ordered, fifo.popleft())]
 
-        pool = self.pools[frontend]
-        backend = reply.backend
         known = pool.get(backend)
         if known is not None:
-            if known.t_answered >= reply.t_answered:
+            if known[T_ANSWERED] >= t_answered:
                 return  # overtaken on the way (jitter): the pool already has fresher news
             del pool[backend]
-        uses = self.draw_reuses(len(pool), self._neighbour_counts[frontend])
-        pool[backend] = PoolEntry(backend, rif, reply.sojourn_estimate, reply.t_answered, uses)
+        reuses = reuses_by_size[len(pool)]  # draw_reuses(len(pool), n), from the table
+        if reuses is None:
+            uses: float = INF
+        else:
+            uniforms = self._uniforms
+            uses = reuses[0] + ((uniforms.pop() if uniforms else self.uniform()) < reuses[1])
+        pool[backend] = [
+            sojourn_estimate if sojourn_estimate == sojourn_estimate else -INF,  # pool_entry(), inlined
+            rif,
+            t_answered,
+            uses,
+            backend,
+            sojourn_estimate,
+        ]
+        if t_answered < self._oldest_bound[frontend]:
+            self._oldest_bound[frontend] = t_answered
         if len(pool) > self._pool_size:
-            del pool[self.oldest(pool).backend]
+            del pool[min(pool.values(), key=_T_ANSWERED)[BACKEND]]
 
     def reuse_budget(self, pool_size: int, neighbours: int) -> float:
         """b_reuse = max(1, (1+delta) / ((1 - m/n) r_probe - r_remove)), before random rounding.
@@ -274,45 +331,55 @@ class Prequal(Router):
     def hot_threshold(self, frontend: int) -> float:
         """The q_rif quantile (the smallest value with at least q_rif of the window at or below it)."""
         ordered = self._rif_sorted[frontend]
-        if not ordered:
-            return INF
-        k = math.ceil(self.params.q_rif * len(ordered)) - 1
-        return ordered[min(max(k, 0), len(ordered) - 1)]
+        return ordered[self._quantile_index[len(ordered)]] if ordered else INF
 
-    def select(self, pool: dict[int, PoolEntry], threshold: float) -> PoolEntry:
+    def select(self, pool: dict[int, list], threshold: float) -> list:
         """The entry HCL picks: the cold one with the lowest (sojourn estimate, RIF), else the lowest RIF.
 
         Ties are broken at random.
         """
-        cold = [e for e in pool.values() if e.rif <= threshold]
-        if cold:
-            best = min(cold, key=_COLD_ORDER)
-            ties = [e for e in cold if e.order == best.order and e.rif == best.rif]
-        else:
-            lowest = min(e.rif for e in pool.values())
-            ties = [e for e in pool.values() if e.rif == lowest]
+        entries = pool.values()
+        best = min(entries)  # entries compare by (order, RIF) first
+        if best[RIF] > threshold:  # the best overall is hot: look among the cold only
+            cold = [e for e in entries if e[RIF] <= threshold]
+            if not cold:
+                rif = min(entries, key=_RIF)[RIF]
+                ties = [e for e in entries if e[RIF] == rif]
+                return ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
+            best = min(cold)
+        # every entry tied with the best is as cold as it is
+        order, rif = best[ORDER], best[RIF]
+        ties = [e for e in entries if e[RIF] == rif and e[ORDER] == order]
         return ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
 
-    def worst(self, pool: dict[int, PoolEntry], threshold: float) -> PoolEntry:
+    def worst(self, pool: dict[int, list], threshold: float) -> list:
         """The entry HCL likes least: the hot one with the highest RIF, else the slowest (ties at random)."""
-        hot = [e for e in pool.values() if e.rif > threshold]
-        if hot:
-            highest = max(e.rif for e in hot)
-            ties = [e for e in hot if e.rif == highest]
+        entries = pool.values()
+        rif = max(entries, key=_RIF)[RIF]
+        if rif > threshold:  # some are hot: the highest RIF (hot, as its ties are)
+            ties = [e for e in entries if e[RIF] == rif]
         else:
-            cold = list(pool.values())
-            worst = max(cold, key=_COLD_ORDER)
-            ties = [e for e in cold if e.order == worst.order and e.rif == worst.rif]
+            worst = max(entries)  # entries compare by (order, RIF) first
+            order, rif = worst[ORDER], worst[RIF]
+            ties = [e for e in entries if e[RIF] == rif and e[ORDER] == order]
         return ties[0] if len(ties) == 1 else ties[int(self.uniform() * len(ties))]
 
     @staticmethod
-    def oldest(pool: dict[int, PoolEntry]) -> PoolEntry:
+    def oldest(pool: dict[int, list]) -> list:
         """The entry with the oldest information (earliest t_answered; the first received on a tie)."""
         return min(pool.values(), key=_T_ANSWERED)
 
 
-_COLD_ORDER = attrgetter("order", "rif")
-_T_ANSWERED = attrgetter("t_answered")
+_RIF = itemgetter(RIF)
+_T_ANSWERED = itemgetter(T_ANSWERED)
+
+
+def _whole_and_fraction(budget: float) -> tuple[int, float] | None:
+    """A reuse budget split as draw_reuses rounds it: None if unlimited, else (int(b), b - int(b))."""
+    if budget == INF:
+        return None
+    whole = int(budget)
+    return whole, budget - whole
 
 
 def _rational(rate: float) -> tuple[int, int]:
@@ -336,6 +403,11 @@ def rif_bucket(rif: int) -> int:
         return rif
     e = rif.bit_length() - 1  # 2**e <= rif < 2**(e+1)
     return EXACT_BELOW + PER_DOUBLING * (e - _EXACT_EXP) + ((rif >> (e - _SHIFT)) & (PER_DOUBLING - 1))
+
+
+#: rif_bucket(rif) for the RIFs below _TABLED, looked up twice per job and once per probe
+_TABLED = 4096
+_BUCKETS = [rif_bucket(rif) for rif in range(_TABLED)]
 
 
 def bucket_range(bucket: int) -> tuple[int, int]:
@@ -433,18 +505,27 @@ class SojournByRif:
         self._tags: dict[int, int] = {}  # job_id -> bucket at its arrival, for the jobs present
 
     # -- observer hooks (called by the backend) -----------------------------------------
-    def arrived(self, job, now: float, rif: int) -> None:
-        self._tags[job.job_id] = rif_bucket(rif)
+    def arrived(self, job: Job, now: float, rif: int) -> None:
+        self._tags[job.job_id] = _BUCKETS[rif] if rif < _TABLED else rif_bucket(rif)
 
-    def finished(self, job, now: float) -> None:
-        self.add(self._tags.pop(job.job_id), now - job.t_backend_arrival)
+    def finished(self, job: Job, now: float) -> None:
+        bucket = self._tags.pop(job.job_id)
+        values = self._windows.get(bucket)
+        if values is None:  # add(), inlined: this runs once per job
+            values = self._windows[bucket] = deque(maxlen=self.window)
+            insort(self._known, bucket)
+        values.append(now - job.t_backend_arrival)
+        self._medians.pop(bucket, None)
         self.last_done = now
 
     def estimate(self, rif: int) -> float:
         """The median recent sojourn at about ``rif`` (else scaled from the nearest bucket; NaN if unknown)."""
         if self.clock is not None and self.clock() - self.last_done > self.timeout:
             return math.nan
-        bucket = rif_bucket(rif)
+        bucket = _BUCKETS[rif] if rif < _TABLED else rif_bucket(rif)
+        cached = self._medians.get(bucket)
+        if cached is not None:
+            return cached
         if bucket in self._windows:
             return self._median(bucket)
         nearest = self._nearest(bucket)
