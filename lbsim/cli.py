@@ -103,6 +103,7 @@ def _print_summary(summary: dict) -> None:
         ("mean latency (s)", f"{summary['mean_latency']:.6g}"),
         ("p50 / p90 / p99 / p99.9 (s)", " / ".join(f"{summary[k]:.4g}" for k in ("p50", "p90", "p99", "p999"))),
         ("throughput (work/s)", f"{summary['throughput']:.6g} of {summary['offered_load']:.6g} offered"),
+        ("served (work/s)", f"{summary['served']:.6g} (jobs finished or not)"),
         ("wall time (s)", f"{summary['wall_seconds']:.3f} ({summary['jobs_per_second']:.0f} jobs/s)"),
     ]
     if summary["status"] != "complete":  # a limit ended the run: say what the figures leave out
