@@ -218,9 +218,11 @@ def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, A
     cluster = client = None
     futures: list[Any] = []
     # A Ctrl-C while dask is imported and the cluster starts would surface as an ImportError or a half-made
-    # cluster: it is held back until the cluster is up, then closes it like any other (exit status 130).
-    # (Workers spawned in those seconds still see it: a spawned process starts with no signal blocked.)
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # cluster (whose exit handler then fails): it is noted, and acted on once the cluster is up, which the
+    # ``finally`` below then closes like any other (exit status 130).
+    interrupted: list[object] = []
+    main = threading.current_thread() is threading.main_thread()  # (only the main thread sets handlers)
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True)) if main else None
     try:
         try:
             try:
@@ -229,15 +231,12 @@ def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, A
             except ImportError:
                 raise ScenarioError("executor", "'dask' needs dask.distributed: pip install 'lbsim[dask]'") from None
             if scheduler is None:
-                cluster = LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                    silence_logs=logging.CRITICAL,  # a task's error comes back through its future; the rest is noise
-                )
+                cluster = _local_cluster(LocalCluster, workers)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            if main:  # (None: a handler not set from Python, which Python's default stands in for)
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if interrupted:
+            raise KeyboardInterrupt
         if cluster is not None:
             client = Client(cluster)
         elif isinstance(scheduler, str):
@@ -260,6 +259,38 @@ def _dask_results(function, tasks, workers, scheduler) -> Generator[tuple[str, A
                 client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _local_cluster(local_cluster: Any, workers: int) -> Any:
+    """A LocalCluster of ``workers`` processes that a Ctrl-C at the terminal does not reach.
+
+    Ctrl-C signals the terminal's whole process group; workers that get it die printing tracebacks
+    (this process then closes the cluster anyway). They are forked from a fork server started with
+    SIGINT ignored: an ignored signal stays ignored across exec (Python installs no handler of its
+    own then), and the fork server hands its children the disposition it started with. SIGINT is
+    ignored only while that server is launched (a fork and exec), in the main thread (elsewhere the
+    workers are forked as dask does by default).
+    """
+    import multiprocessing.forkserver
+
+    import dask
+    from distributed.utils import get_mp_context
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        get_mp_context()  # sets the fork server's preloads (dask's own, which make workers start fast)
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                multiprocessing.forkserver.ensure_running()
+            finally:
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        return local_cluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,  # a task's error comes back through its future; the rest is noise
+        )
 
 
 #: seconds to wait for a dask scheduler before saying it cannot be reached
