@@ -303,6 +303,7 @@ def _print_overload(s, best, as_json: bool) -> None:
 def _seed_option(ctx: click.Context, param: click.Parameter, value: str) -> int | list[int]:
     """``--seeds``: a count N >= 1, or a list ``1,2,3`` of seeds from 0 to 2**63 - 1 (what the tables store)."""
     from .arguments import is_seed
+    from .scenario import MAX_SEED
 
     items = [item.strip() for item in value.split(",")]
     try:
@@ -310,7 +311,7 @@ def _seed_option(ctx: click.Context, param: click.Parameter, value: str) -> int 
     except ValueError:
         raise click.BadParameter(f"must be a count or a list of integers like 1,2,3, got {value!r}") from None
     if len(numbers) == 1 and "," not in value:
-        if not 1 <= numbers[0] <= 2**63 - 1:
+        if not 1 <= numbers[0] <= MAX_SEED:
             raise click.BadParameter(f"a count of seeds must be >= 1, got {value!r}")
         return numbers[0]
     if not all(is_seed(n) for n in numbers):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..arguments import is_seed
 from ..engine import Simulation
 from ..errors import ScenarioError, unknown
 from ..files import toml_inline
@@ -233,9 +234,7 @@ def _seeds(seeds: Any, first: int) -> list[int]:
         if first + seeds - 1 > MAX_SEED:
             raise ScenarioError("seeds", f"seeds {first} to {first} + {seeds} - 1 go beyond 2**63 - 1, got {seeds}")
         return list(range(first, first + seeds))
-    if not _nonempty_list(seeds) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds
-    ):
+    if not _nonempty_list(seeds) or not all(is_seed(s) for s in seeds):
         raise ScenarioError(
             "seeds", f"must be a count or a non-empty list of integers from 0 to 2**63 - 1, got {seeds!r}"
         )
