@@ -2,6 +2,16 @@
 
     python benchmarks/bench_prequal.py [horizon] [rounds]
     python benchmarks/bench_prequal.py instructions   # CPU instructions per job under callgrind (valgrind)
+    python benchmarks/bench_prequal.py floor [horizon] [rounds]   # what the probes alone cost
+
+``floor`` runs, interleaved with jsq and prequal, jsq that also sends
+``r_probe`` = 3 probes per query (to the next three of its neighbours in
+turn) and ignores their replies: delivered by an event each (two kernel
+events per probe, as Prequal's before its inbox), or put in an inbox whose landed replies
+are dropped at each query (one event per probe, as Prequal now does). They cost what carrying Prequal's
+probes costs with none of its own work (pool, selection, removal, reuse
+budget, RIF quantile, sojourn by RIF), so their ratios to jsq bound from
+above what any Prequal built on these kernel events can reach.
 
 CPU time (``time.process_time``) of the whole ``lbsim.simulate`` call; the
 two routers alternate within each round, so a busy machine slows both alike,
@@ -15,6 +25,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from heapq import heappop
 from pathlib import Path
 
 import lbsim
@@ -46,6 +57,52 @@ def bench_cpu(horizon: float, rounds: int) -> None:
           f" jobs/CPU s, ratio {statistics.median(ratios):.3f}")  # fmt: skip
 
 
+def _probing_jsq(name: str, by_event: bool) -> str:
+    """Register a jsq that sends 3 probes per query whose replies nobody reads; return its name."""
+    from lbsim.routers import ROUTERS, ProbeInbox, register
+    from lbsim.routers.jsq import JSQ
+
+    if name in ROUTERS:
+        return name
+
+    class ProbingJSQ(JSQ):
+        def __init__(self, params, ctx):
+            super().__init__(params, ctx)
+            self.turn = 0
+            self.deliver = (lambda reply: None) if by_event else ProbeInbox()
+
+        def route(self, frontend, job, view):
+            if not by_event:  # drop the replies that have landed (unread), as Prequal takes them
+                inbox, now = self.deliver, self.ctx.now()
+                while inbox and inbox[0][0] <= now:
+                    heappop(inbox)
+            candidates = self.neighbours[frontend]
+            n = len(candidates)
+            for k in range(3):
+                self.ctx.probe(frontend, candidates[(self.turn + k) % n], self.deliver)
+            self.turn += 1
+            return super().route(frontend, job, view)
+
+    ProbingJSQ.name = name
+    register(ProbingJSQ)
+    return name
+
+
+def bench_floor(horizon: float, rounds: int) -> None:
+    scenario = lbsim.load_scenario(SCENARIO, [f"simulation.horizon={horizon}"], warn=False)
+    routers = ["jsq", _probing_jsq("jsq+probes(2 events)", True), _probing_jsq("jsq+probes(1 event)", False), "prequal"]
+    rates: dict[str, list[float]] = {r: [] for r in routers}
+    for r in range(rounds):
+        for router in routers if r % 2 == 0 else routers[::-1]:
+            started = time.process_time()
+            result = lbsim.simulate(scenario, router=router)
+            rates[router].append(result.counts["jobs_arrived"] / (time.process_time() - started))
+    for router in routers:
+        ratios = [a / b for a, b in zip(rates[router], rates["jsq"])]
+        print(f"{router:>22}: {statistics.median(rates[router]):>9,.0f} jobs/CPU s, ratio to jsq"
+              f" {statistics.median(ratios):.3f} (per-round {min(ratios):.3f}-{max(ratios):.3f})")  # fmt: skip
+
+
 def bench_instructions(short: float = 2.0, long: float = 7.0) -> None:
     """Instructions per job: (count(long) - count(short)) / (jobs(long) - jobs(short)), for jsq and prequal."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,6 +128,9 @@ def bench_instructions(short: float = 2.0, long: float = 7.0) -> None:
 def main() -> None:
     if sys.argv[1:2] == ["instructions"]:
         bench_instructions()
+        return
+    if sys.argv[1:2] == ["floor"]:
+        bench_floor(float(sys.argv[2]) if len(sys.argv) > 2 else 100.0, int(sys.argv[3]) if len(sys.argv) > 3 else 3)
         return
     horizon = float(sys.argv[1]) if len(sys.argv) > 1 else 100.0
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3

@@ -11,6 +11,7 @@ random, round robin and least-request on three seeds.
 from __future__ import annotations
 
 import math
+from heapq import heappush
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from lbsim.backends.rate import RateBackend, RateParams
 from lbsim.jobs import Job
 from lbsim.engine.simulation import Simulation
 from lbsim.rates import make_rate
-from lbsim.routers import ROUTERS, ProbeReply, RouterContext, make_router
+from lbsim.engine.kernel import Kernel
+from lbsim.events import Wakeup
+from lbsim.routers import ROUTERS, ProbeInbox, ProbeReply, RouterContext, make_router
 from lbsim.routers.prequal import (
     BACKEND,
     PoolEntry,
@@ -321,6 +324,41 @@ def test_fractional_r_probe_has_the_exact_long_run_rate(r_probe):
         assert len(h.sent) == k * fraction.numerator // fraction.denominator
 
 
+@pytest.mark.parametrize("reply_first", [True, False])
+def test_inbox_orders_a_reply_and_an_event_of_the_same_instant_as_the_kernel(reply_first):
+    """A reply landing at the instant of an event counts as landed before it iff its return event would run first.
+
+    Worked by hand on the kernel itself: at t = 0.5 the reply is read (its
+    return event, at t = 1, takes the next insertion id); an event also due
+    at t = 1 was scheduled at t = 0 (before the reply: the kernel runs it
+    first) or at t = 0.75 (after: the reply comes first).
+    """
+    for delivered_by_event in (True, False):
+        env, inbox, order = Kernel(), ProbeInbox(), []
+
+        def read(_event):  # the probe at its backend: the way back is an event, or the inbox
+            if delivered_by_event:
+                env.schedule(Wakeup(lambda _e: order.append("reply")), delay=0.5)
+            else:
+                heappush(inbox, (1.0, next(env._eid), 0, None))
+
+        def act(_event):  # the router acts: whatever landed before this event is taken first
+            if inbox and inbox.landed_by(env.now, lambda: env.event_id):
+                order.append("reply")
+                inbox.pop()
+            order.append("act")
+
+        if not reply_first:
+            env.schedule(Wakeup(act), delay=1.0)
+        env.schedule(Wakeup(read), delay=0.5)
+        if reply_first:
+            env.schedule(Wakeup(lambda _e: env.schedule(Wakeup(act), delay=0.25)), delay=0.75)
+        env.run_until(2.0)
+        if inbox:  # not landed before the action: the router's next action would take it
+            order.append("reply")
+        assert order == (["reply", "act"] if reply_first else ["act", "reply"])
+
+
 def test_probes_take_two_network_delays_and_read_the_backend_half_way():
     """A reply reads the backend at t_sent + d_ij and reaches the router after t_sent + 2 d_ij, before its next call."""
     delays = [[0.01, 0.05, 0.2], [0.3, 0.02, 0.07]]
@@ -345,10 +383,11 @@ def test_probes_take_two_network_delays_and_read_the_backend_half_way():
         original(frontend, reply)
 
     def route(frontend, job, view):
+        backend = original_route(frontend, job, view)  # takes the replies landed by now, then decides
         calls.append(("route", sim.env.now))
-        return original_route(frontend, job, view)
+        return backend
 
-    router._on_reply = [lambda r, i=i: receive(i, r) for i in range(2)]
+    router.receive = receive
     router.route = route
     # replies reach the router up to a query's gap after they land: keep the whole history to check them
     sim.backends[0].context.history_window = math.inf
@@ -365,7 +404,7 @@ def test_probes_take_two_network_delays_and_read_the_backend_half_way():
             landed = max(landed, t)
         else:  # every reply landed before a call was handed over before it, none landed after it
             assert landed <= t + 1e-12
-    last_route = -math.inf  # every reply that landed before a call was handed over before it
+    last_route = -math.inf  # ... and no reply that landed before the previous call was left for this one
     for kind, t in calls:
         if kind == "route":
             last_route = t
@@ -530,11 +569,7 @@ def _plain_route(self, frontend, job, view):
     num, den = self._probe_rate
     count = (queries + 1) * num // den - queries * num // den
     if count:
-        targets = self.sample(self.neighbours[frontend], count)
-        for backend in targets:
-            self.ctx.probe(frontend, backend, self._on_reply[frontend])
-        self.probes_sent += len(targets)
-        self._last_probe[frontend] = now
+        self.send_probes(frontend, count, now)
     pool = self.pools[frontend]
     for stale in [e for e in pool.values() if e.t_answered < now - self.max_age]:
         del pool[stale.backend]
@@ -575,6 +610,15 @@ def _plain_route(self, frontend, job, view):
     return backend
 
 
+def _plain_send_probes(self, frontend, count, now):
+    # each reply delivered by its own kernel event when it lands, not through the inbox
+    targets = self.sample(self.neighbours[frontend], count)
+    for backend in targets:
+        self.ctx.probe(frontend, backend, lambda reply, i=frontend: self.receive(i, reply))
+    self.probes_sent += len(targets)
+    self._last_probe[frontend] = now
+
+
 def _plain_receive(self, frontend, reply):
     fifo, ordered = self._rif_fifo[frontend], self._rif_sorted[frontend]
     fifo.append(reply.rif)
@@ -603,12 +647,16 @@ def _plain_receive(self, frontend, reply):
     ],
 )
 def test_router_gives_the_plain_implementation_to_the_bit(monkeypatch, sets, params):
-    """The router (pool lists, tables, shortcuts, draws in place) against the rules written out with objects."""
+    """The router (pool lists, tables, shortcuts, draws in place, replies through an inbox) against the rules
+    written out with objects, each reply delivered by its own event when it lands."""
     sc = lbsim.load_scenario(SCENARIO, ["simulation.warmup=1", *sets], warn=False)
     fast = Simulation(sc, router="prequal", **params)
     fast_result = fast.run()
+    # replies that landed after the last query wait in the inbox; the plain run receives them as they land
+    fast.router.take_replies(fast.env.now)
     monkeypatch.setattr(Prequal, "route", _plain_route)
     monkeypatch.setattr(Prequal, "receive", _plain_receive)
+    monkeypatch.setattr(Prequal, "send_probes", _plain_send_probes)
     plain = Simulation(sc, router="prequal", **params)
     plain_result = plain.run()
     assert fast.router.probes_sent == plain.router.probes_sent > 0

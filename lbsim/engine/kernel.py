@@ -28,6 +28,10 @@ class Kernel(simpy.Environment):
 
         def schedule(self, event: Any, priority: Any = ..., delay: Any = ...) -> None: ...
 
+    #: the insertion id of the event being processed: what orders two things due at the same
+    #: instant (a probe reply waiting in a router's inbox lands before this event iff its id is smaller)
+    event_id: int = -1
+
     def run_until(self, horizon: float) -> None:
         """Process every event before ``horizon``, as ``run(until=horizon)`` does.
 
@@ -39,7 +43,7 @@ class Kernel(simpy.Environment):
         self.schedule(stop, URGENT, horizon - self._now)
         queue = self._queue
         while True:
-            self._now, _, _, event = heappop(queue)  # never empty: stop is in it
+            self._now, _, self.event_id, event = heappop(queue)  # never empty: stop is in it
             if event is stop:
                 return
             # As in simpy.Environment.step: detach the callbacks first, so a

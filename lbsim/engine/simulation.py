@@ -34,7 +34,7 @@ from ..backends import BackendContext, BackendModel
 from ..events import Wakeup
 from ..jobs import Job
 from ..rates import RateFamily
-from ..routers.base import ProbeReply, Router, RouterContext, make_router, router_class
+from ..routers.base import ProbeInbox, ProbeReply, Router, RouterContext, make_router, router_class
 from ..scenario import Scenario
 from .kernel import Kernel
 from .records import JobRecords, LatencyRecords, SampleRecords, SplitRecords, TokenJobRecords
@@ -212,6 +212,7 @@ class Simulation:
             now=lambda: env._now,
             probe=self.probe,
             scenario=scenario,
+            event_id=lambda: env.event_id,
         )
         self.router: Router = make_router(router_name, params, ctx)
         if not self.router.scans_backends:
@@ -399,13 +400,15 @@ class Simulation:
         self.router.on_response(job.frontend, job)
 
     # -- probes (Prequal) -------------------------------------------------------------
-    def probe(self, frontend: int, backend: int, on_reply: Callable[[ProbeReply], None]) -> None:
+    def probe(self, frontend: int, backend: int, deliver: Callable[[ProbeReply], None] | ProbeInbox) -> None:
         """Send a probe that travels d_ij to the backend, reads its state there, and d_ij back.
 
-        One event object carries the probe both ways (rescheduled when it
-        reaches the backend, as an arrival event is), and both events are
-        queued as ``env.schedule`` would queue them: a probe costs two kernel
-        events and no more.
+        The reply is delivered by calling ``deliver`` when it lands, or put
+        in ``deliver`` if it is a :class:`ProbeInbox`: then the way back is
+        no event, and a probe costs one kernel event instead of two. One
+        event object carries a probe both ways (rescheduled when it reaches
+        the backend, as an arrival event is), queued as ``env.schedule``
+        would queue it.
         """
         env = self.env
         now = env._now
@@ -414,20 +417,27 @@ class Simulation:
             there, back = there + self.jitter.next(), there + self.jitter.next()
         event = _new(Wakeup)  # Wakeup(self._probe_arrives, ...), without __init__
         event.callbacks = self._probe_arrives_callbacks
-        event.payload = (backend, back, now, on_reply)
+        event.payload = (frontend, backend, back, now, deliver)
         event._ok = True
         heappush(env._queue, (now + there, NORMAL, next(env._eid), event))  # type: ignore[misc]
 
     def _probe_arrives(self, event: Wakeup) -> None:
-        backend, back, t_sent, on_reply = event.payload
+        frontend, backend, back, t_sent, deliver = event.payload
         env = self.env
         now = env._now
         b = self.backends[backend]
-        b.catch_up(now)
+        if b.next_done <= now:
+            b.catch_up(now)
         # ProbeReply(...) without its Python __new__
-        event.payload = (on_reply, _tuple_new(ProbeReply, (backend, b.jobs, b.sojourn_estimate(), t_sent, now)))
+        reply = _tuple_new(ProbeReply, (backend, b.jobs, b.sojourn_estimate(), t_sent, now))
+        # the id the return event takes in either case, so that same-instant order is the kernel's
+        event_id = next(env._eid)
+        if deliver.__class__ is ProbeInbox:
+            heappush(deliver, (now + back, event_id, frontend, reply))  # type: ignore[arg-type]
+            return
+        event.payload = (deliver, reply)
         event.callbacks = self._probe_returns_callbacks
-        heappush(env._queue, (now + back, NORMAL, next(env._eid), event))  # type: ignore[misc]
+        heappush(env._queue, (now + back, NORMAL, event_id, event))  # type: ignore[misc]
 
     @staticmethod
     def _probe_returns(event: Wakeup) -> None:

@@ -11,6 +11,7 @@ import pkgutil
 from ..view import View
 from .base import (
     ROUTERS,
+    ProbeInbox,
     ProbeReply,
     Router,
     RouterContext,
@@ -40,6 +41,7 @@ __all__ = [
     "FLUID_ROUTERS",
     "ROUTERS",
     "FluidRouter",
+    "ProbeInbox",
     "ProbeReply",
     "Router",
     "RouterContext",

@@ -4,7 +4,9 @@ A router is one small class: a ``Params`` model (documented parameters with
 defaults, validated when the scenario is loaded) and a ``route`` method. It
 may also have a periodic ``tick`` (DGD-LB), a ``split`` that is recorded in
 ``routing.parquet``, an ``on_response`` hook (client-local routers), and may
-send probes through the network (Prequal) with ``ctx.probe``.
+send probes through the network (Prequal) with ``ctx.probe``, their replies
+delivered by a callback or, one kernel event cheaper, put in a
+:class:`ProbeInbox`.
 
 Routers see backends only through a :class:`~lbsim.view.View`,
 which serves state exactly as stale as the telemetry mode allows.
@@ -54,6 +56,30 @@ class ProbeReply(NamedTuple):
     t_answered: float
 
 
+class ProbeInbox(list):
+    """Probe replies read at their backends and on their way back, for a router to take when it acts.
+
+    A heap of ``(t_landed, event_id, frontend, reply)``. A probe sent to an
+    inbox costs one kernel event (its arrival at the backend) instead of two:
+    the way back is not an event, since nothing sees a reply between its
+    landing and the router's next action. ``event_id`` is the kernel
+    insertion id the return event would have had, so a reply landing at the
+    very instant of an event counts as landed before it exactly when the
+    return event would have come first (:meth:`landed_by`).
+
+    The router must take every landed reply, in heap order, before it acts
+    and before it draws a random number (so its draws keep their order), with
+    one inbox for all its frontends when they share a random stream.
+    """
+
+    __slots__ = ()
+
+    def landed_by(self, now: float, event_id: Callable[[], int]) -> bool:
+        """Whether the first reply has landed before the event being processed at ``now``."""
+        t = self[0][0]
+        return t < now or (t == now and self[0][1] < event_id())
+
+
 @dataclass
 class RouterContext:
     """What a router may know about the system it routes for (static facts, not state)."""
@@ -67,8 +93,11 @@ class RouterContext:
     demand: np.ndarray  # (F,) lambda_i, for routers that use it (weighted=optimal)
     rng: np.random.Generator  # the router's own stream
     now: Callable[[], float]
-    probe: Callable[[int, int, Callable[[ProbeReply], None]], None]  # (frontend, backend, on_reply)
+    # (frontend, backend, deliver): deliver is called with the reply when it lands, or is a ProbeInbox
+    probe: Callable[[int, int, Callable[[ProbeReply], None] | ProbeInbox], None]
     scenario: Any = None  # the Scenario (for the optimum); routers should prefer the fields above
+    #: the kernel insertion id of the event being processed (ProbeInbox.landed_by)
+    event_id: Callable[[], int] = lambda: -1
 
     @property
     def latency(self) -> np.ndarray:

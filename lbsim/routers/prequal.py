@@ -13,7 +13,11 @@ learned by probing, rather than load or CPU. In lbsim:
   sojourn estimate there (:class:`SojournByRif`, below: median sojourn of
   recent jobs that arrived at about the current RIF), and travels ``d_ij``
   back. Probes are asynchronous: a query never waits for its own probes, it
-  uses the replies already in the pool. Optional idle probing: every
+  uses the replies already in the pool. A reply waits in the router's
+  :class:`~lbsim.routers.base.ProbeInbox` from its landing to the router's
+  next action (query or idle probe), which takes every landed reply first,
+  in landing order: nothing sees a reply in between, so results are those
+  of delivering it when it lands, for one kernel event per probe, not two. Optional idle probing: every
   ``idle_probe_interval`` s, a frontend that sent no probe since the last
   round sends one, so the pool does not go stale when queries are rare.
 * **Pool** (per frontend, at most ``pool_size`` = 16 entries, one per backend:
@@ -66,13 +70,13 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
-from functools import partial
+from heapq import heappop
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from .base import ProbeReply, Router, RouterContext, register
+from .base import ProbeInbox, ProbeReply, Router, RouterContext, register
 
 if TYPE_CHECKING:
     from ..jobs import Job
@@ -166,7 +170,9 @@ class Prequal(Router):
         self._rif_fifo: list[deque[int]] = [deque() for _ in range(F)]
         self._rif_sorted: list[list[int]] = [[] for _ in range(F)]
         self._last_probe = [-INF] * F
-        self._on_reply = [partial(self.receive, i) for i in range(F)]
+        # Replies wait here until the router next acts (route, tick): one inbox for all frontends,
+        # since they share one random stream and each reply may draw from it (its reuse budget).
+        self.inbox = ProbeInbox()
         self.probes_sent = 0
         # parameters read per probe reply, as plain attributes (a pydantic model's are slower)
         self._rif_window = params.rif_window
@@ -197,7 +203,13 @@ class Prequal(Router):
         return sum(times) / len(times)
 
     def pool(self, frontend: int) -> dict[int, PoolEntry]:
-        """The pool of ``frontend``, backend -> entry, in the order the replies landed (a copy, for reading)."""
+        """The pool of ``frontend``, backend -> entry, in the order the replies landed (a copy, for reading).
+
+        Replies that have landed by now are taken from the inbox first (as the
+        router's next action would take them: nothing it does changes).
+        """
+        if self.inbox:
+            self.take_replies(self.ctx.now())
         return {
             b: PoolEntry(b, e[RIF], e[SOJOURN_ESTIMATE], e[T_ANSWERED], e[USES_LEFT])
             for b, e in self.pools[frontend].items()
@@ -206,6 +218,8 @@ class Prequal(Router):
     # -- the query path ---------------------------------------------------------------
     def route(self, frontend: int, job: Job, view: View) -> int:
         now = self.ctx.now()
+        if self.inbox and self.inbox.landed_by(now, self.ctx.event_id):
+            self.take_replies(now)
         queries = self._queries[frontend]
         self._queries[frontend] = queries + 1
         num, den = self._probe_rate
@@ -251,7 +265,7 @@ class Prequal(Router):
         candidates = self.neighbours[frontend]
         n = len(candidates)
         uniforms = self._uniforms
-        probe, on_reply = self.ctx.probe, self._on_reply[frontend]
+        probe, inbox = self.ctx.probe, self.inbox
         if count < n and len(uniforms) >= count:
             # Floyd's draws in place, each target probed as it is drawn (probing draws nothing here)
             chosen: list[int] = []
@@ -260,10 +274,10 @@ class Prequal(Router):
                 if k in chosen:
                     k = top
                 chosen.append(k)
-                probe(frontend, candidates[k], on_reply)
+                probe(frontend, candidates[k], inbox)
         else:  # all neighbours, or the batch runs out on the way: sample() refills it at the same draw
             for backend in self.sample(candidates, count):
-                probe(frontend, backend, on_reply)
+                probe(frontend, backend, inbox)
         self.probes_sent += min(count, n)
         self._last_probe[frontend] = now
 
@@ -271,9 +285,18 @@ class Prequal(Router):
         """Idle probing: a frontend that sent no probe for an interval sends one."""
         interval = self.params.idle_probe_interval
         assert interval is not None  # tick runs only with idle probing on
+        if self.inbox and self.inbox.landed_by(now, self.ctx.event_id):
+            self.take_replies(now)
         for frontend in range(self.ctx.num_frontends):
             if self._last_probe[frontend] <= now - interval:
                 self.send_probes(frontend, 1, now)
+
+    def take_replies(self, now: float) -> None:
+        """Receive every reply that has landed before the event being processed, in the order they landed."""
+        inbox, receive, event_id = self.inbox, self.receive, self.ctx.event_id
+        while inbox and inbox.landed_by(now, event_id):
+            _, _, frontend, reply = heappop(inbox)
+            receive(frontend, reply)
 
     def receive(self, frontend: int, reply: ProbeReply) -> None:
         """A probe reply lands at ``frontend``: record its RIF, put it in the pool."""
