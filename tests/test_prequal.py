@@ -343,9 +343,8 @@ def test_inbox_orders_a_reply_and_an_event_of_the_same_instant_as_the_kernel(rep
                 heappush(inbox, (1.0, next(env._eid), 0, None))
 
         def act(_event):  # the router acts: whatever landed before this event is taken first
-            if inbox and inbox.landed_by(env.now, lambda: env.event_id):
+            if inbox.pop_landed(env.now, lambda: env.event_id) is not None:
                 order.append("reply")
-                inbox.pop()
             order.append("act")
 
         if not reply_first:

@@ -70,7 +70,6 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
-from heapq import heappop
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -218,7 +217,8 @@ class Prequal(Router):
     # -- the query path ---------------------------------------------------------------
     def route(self, frontend: int, job: Job, view: View) -> int:
         now = self.ctx.now()
-        if self.inbox and self.inbox.landed_by(now, self.ctx.event_id):
+        inbox = self.inbox
+        if inbox and inbox[0][0] <= now:
             self.take_replies(now)
         queries = self._queries[frontend]
         self._queries[frontend] = queries + 1
@@ -285,7 +285,7 @@ class Prequal(Router):
         """Idle probing: a frontend that sent no probe for an interval sends one."""
         interval = self.params.idle_probe_interval
         assert interval is not None  # tick runs only with idle probing on
-        if self.inbox and self.inbox.landed_by(now, self.ctx.event_id):
+        if self.inbox:
             self.take_replies(now)
         for frontend in range(self.ctx.num_frontends):
             if self._last_probe[frontend] <= now - interval:
@@ -293,10 +293,9 @@ class Prequal(Router):
 
     def take_replies(self, now: float) -> None:
         """Receive every reply that has landed before the event being processed, in the order they landed."""
-        inbox, receive, event_id = self.inbox, self.receive, self.ctx.event_id
-        while inbox and inbox.landed_by(now, event_id):
-            _, _, frontend, reply = heappop(inbox)
-            receive(frontend, reply)
+        pop_landed, receive, event_id = self.inbox.pop_landed, self.receive, self.ctx.event_id
+        while (landed := pop_landed(now, event_id)) is not None:
+            receive(landed[2], landed[3])
 
     def receive(self, frontend: int, reply: ProbeReply) -> None:
         """A probe reply lands at ``frontend``: record its RIF, put it in the pool."""
