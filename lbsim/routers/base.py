@@ -66,7 +66,8 @@ class ProbeInbox(list):
     landing and the router's next action. ``event_id`` is the kernel
     insertion id the return event would have had, so a reply landing at the
     very instant of an event counts as landed before it exactly when the
-    return event would have come first (:meth:`pop_landed`).
+    return event would have come first (:meth:`pop_landed`; return events
+    are NORMAL priority, as the arrivals and ticks a router acts in are).
 
     The router must take every landed reply, in heap order, before it acts
     and before it draws a random number (so its draws keep their order), with

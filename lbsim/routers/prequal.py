@@ -17,9 +17,10 @@ learned by probing, rather than load or CPU. In lbsim:
   :class:`~lbsim.routers.base.ProbeInbox` from its landing to the router's
   next action (query or idle probe), which takes every landed reply first,
   in landing order: nothing sees a reply in between, so results are those
-  of delivering it when it lands, for one kernel event per probe, not two. Optional idle probing: every
-  ``idle_probe_interval`` s, a frontend that sent no probe since the last
-  round sends one, so the pool does not go stale when queries are rare.
+  of delivering it when it lands, for one kernel event per probe, not two.
+  Optional idle probing: every ``idle_probe_interval`` s, a frontend that
+  sent no probe since the last round sends one, so the pool does not go
+  stale when queries are rare.
 * **Pool** (per frontend, at most ``pool_size`` = 16 entries, one per backend:
   a newer reply from a backend replaces the older one). The oldest entry
   (earliest ``t_answered``) is evicted on overflow; entries whose information
@@ -204,8 +205,8 @@ class Prequal(Router):
     def pool(self, frontend: int) -> dict[int, PoolEntry]:
         """The pool of ``frontend``, backend -> entry, in the order the replies landed (a copy, for reading).
 
-        Replies that have landed by now are taken from the inbox first (as the
-        router's next action would take them: nothing it does changes).
+        Replies that have landed by now are taken from the inbox first (early,
+        which changes nothing: its next action would take them, in that order).
         """
         if self.inbox:
             self.take_replies(self.ctx.now())
