@@ -7,11 +7,13 @@
 ``floor`` runs, interleaved with jsq and prequal, jsq that also sends
 ``r_probe`` = 3 probes per query (to the next three of its neighbours in
 turn) and ignores their replies: delivered by an event each (two kernel
-events per probe, as Prequal's before its inbox), or put in an inbox whose landed replies
-are dropped at each query (one event per probe, as Prequal now does). They cost what carrying Prequal's
-probes costs with none of its own work (pool, selection, removal, reuse
-budget, RIF quantile, sojourn by RIF), so their ratios to jsq bound from
-above what any Prequal built on these kernel events can reach.
+events per probe, as Prequal's before its inbox), or put in an inbox whose
+landed replies are dropped at each query (one event per probe, as Prequal
+now does). They cost what carrying Prequal's probes costs with none of its
+own work (pool, selection, removal, reuse budget, RIF quantile, sojourn by
+RIF), so their ratios to jsq bound from above what any Prequal built on
+these kernel events can reach. A third jsq schedules 3 events per query
+that do nothing at all: the kernel's own price of one event per probe.
 
 CPU time (``time.process_time``) of the whole ``lbsim.simulate`` call; the
 two routers alternate within each round, so a busy machine slows both alike,
@@ -25,8 +27,10 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from heapq import heappop
+from heapq import heappop, heappush
 from pathlib import Path
+
+from simpy.core import NORMAL
 
 import lbsim
 
@@ -60,29 +64,46 @@ def bench_cpu(horizon: float, rounds: int) -> None:
           f" jobs/CPU s, ratio {statistics.median(ratios):.3f}")  # fmt: skip
 
 
-def _probing_jsq(name: str, by_event: bool) -> str:
-    """Register a jsq that sends 3 probes per query whose replies nobody reads; return its name."""
+def _probing_jsq(name: str, delivery: str) -> str:
+    """Register a jsq that sends 3 probes per query whose replies nobody reads; return its name.
+
+    ``delivery``: ``"event"`` (each reply an event when it lands), ``"inbox"``
+    (replies queued, the landed ones dropped at each query) or ``"nothing"``
+    (not a probe: an event at the backend's distance that does nothing, the
+    kernel's price of one event).
+    """
+    from lbsim.events import Wakeup
     from lbsim.routers import ROUTERS, ProbeInbox, register
     from lbsim.routers.jsq import JSQ
 
     if name in ROUTERS:
         return name
 
+    def nothing(_event) -> None:
+        pass
+
     class ProbingJSQ(JSQ):
         def __init__(self, params, ctx):
             super().__init__(params, ctx)
             self.turn = 0
-            self.deliver = (lambda reply: None) if by_event else ProbeInbox()
+            self.deliver = (lambda reply: None) if delivery == "event" else ProbeInbox()
+            self.env = ctx.probe.__self__.env  # type: ignore[attr-defined]  # (the engine's kernel: benchmark only)
 
         def route(self, frontend, job, view):
-            if not by_event:  # drop the replies that have landed (unread), as Prequal takes them
-                inbox, now = self.deliver, self.ctx.now()
+            inbox, now = self.deliver, self.ctx.now()
+            if delivery == "inbox":  # drop the replies that have landed (unread), as Prequal takes them
                 while inbox and inbox[0][0] <= now:
                     heappop(inbox)
             candidates = self.neighbours[frontend]
             n = len(candidates)
             for k in range(3):
-                self.ctx.probe(frontend, candidates[(self.turn + k) % n], self.deliver)
+                backend = candidates[(self.turn + k) % n]
+                if delivery == "nothing":
+                    env = self.env
+                    t = now + self.ctx.delay[frontend][backend]
+                    heappush(env._queue, (t, NORMAL, next(env._eid), Wakeup(nothing)))
+                else:
+                    self.ctx.probe(frontend, backend, inbox)
             self.turn += 1
             return super().route(frontend, job, view)
 
@@ -93,7 +114,13 @@ def _probing_jsq(name: str, by_event: bool) -> str:
 
 def bench_floor(horizon: float, rounds: int) -> None:
     scenario = lbsim.load_scenario(SCENARIO, [f"simulation.horizon={horizon}"], warn=False)
-    routers = ["jsq", _probing_jsq("jsq+probes(2 events)", True), _probing_jsq("jsq+probes(1 event)", False), "prequal"]
+    routers = [
+        "jsq",
+        _probing_jsq("jsq+empty events", "nothing"),
+        _probing_jsq("jsq+probes(1 event)", "inbox"),
+        _probing_jsq("jsq+probes(2 events)", "event"),
+        "prequal",
+    ]
     rates: dict[str, list[float]] = {r: [] for r in routers}
     warm = lbsim.load_scenario(SCENARIO, ["simulation.horizon=2", "simulation.warmup=1"], warn=False)
     for router in routers:  # imports and first-call costs, outside the rounds
