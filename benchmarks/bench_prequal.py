@@ -88,6 +88,7 @@ def _probing_jsq(name: str, delivery: str) -> str:
             self.turn = 0
             self.deliver = (lambda reply: None) if delivery == "event" else ProbeInbox()
             self.env = ctx.probe.__self__.env  # type: ignore[attr-defined]  # (the engine's kernel: benchmark only)
+            self.delays = ctx.delay.tolist()  # plain floats, as the engine's own
 
         def route(self, frontend, job, view):
             inbox, now = self.deliver, self.ctx.now()
@@ -100,7 +101,7 @@ def _probing_jsq(name: str, delivery: str) -> str:
                 backend = candidates[(self.turn + k) % n]
                 if delivery == "nothing":
                     env = self.env
-                    t = now + self.ctx.delay[frontend][backend]
+                    t = now + self.delays[frontend][backend]
                     heappush(env._queue, (t, NORMAL, next(env._eid), Wakeup(nothing)))
                 else:
                     self.ctx.probe(frontend, backend, inbox)
