@@ -44,8 +44,13 @@ lbsim.simulate(scenario, router=sys.argv[2])
 """
 
 
+def _window(horizon: float) -> list[str]:
+    """The run's horizon, and bench.toml's 50 s warm-up shortened to fit a short one."""
+    return [f"simulation.horizon={horizon}", f"simulation.warmup={min(50.0, horizon / 2)}"]
+
+
 def bench_cpu(horizon: float, rounds: int) -> None:
-    scenario = lbsim.load_scenario(SCENARIO, [f"simulation.horizon={horizon}"], warn=False)
+    scenario = lbsim.load_scenario(SCENARIO, _window(horizon), warn=False)
     ratios: list[float] = []
     rates: dict[str, list[float]] = {"jsq": [], "prequal": []}
     warm = lbsim.load_scenario(SCENARIO, ["simulation.horizon=2", "simulation.warmup=1"], warn=False)
@@ -87,14 +92,15 @@ def _probing_jsq(name: str, delivery: str) -> str:
             super().__init__(params, ctx)
             self.turn = 0
             self.deliver = (lambda reply: None) if delivery == "event" else ProbeInbox()
-            self.env = ctx.probe.__self__.env  # type: ignore[attr-defined]  # (the engine's kernel: benchmark only)
-            self.delays = ctx.delay.tolist()  # plain floats, as the engine's own
+            if delivery == "nothing":
+                self.env = ctx.probe.__self__.env  # type: ignore[attr-defined]  # (the engine's kernel: benchmark only)
+                self.delays = ctx.delay.tolist()  # plain floats, as the engine's own
 
         def route(self, frontend, job, view):
-            inbox, now = self.deliver, self.ctx.now()
+            deliver, now = self.deliver, self.ctx.now()
             if delivery == "inbox":  # drop the replies that have landed (unread), as Prequal takes them
-                while inbox and inbox[0][0] <= now:
-                    heappop(inbox)
+                while deliver and deliver[0][0] <= now:
+                    heappop(deliver)
             candidates = self.neighbours[frontend]
             n = len(candidates)
             for k in range(3):
@@ -104,7 +110,7 @@ def _probing_jsq(name: str, delivery: str) -> str:
                     t = now + self.delays[frontend][backend]
                     heappush(env._queue, (t, NORMAL, next(env._eid), Wakeup(nothing)))
                 else:
-                    self.ctx.probe(frontend, backend, inbox)
+                    self.ctx.probe(frontend, backend, deliver)
             self.turn += 1
             return super().route(frontend, job, view)
 
@@ -114,7 +120,7 @@ def _probing_jsq(name: str, delivery: str) -> str:
 
 
 def bench_floor(horizon: float, rounds: int) -> None:
-    scenario = lbsim.load_scenario(SCENARIO, [f"simulation.horizon={horizon}"], warn=False)
+    scenario = lbsim.load_scenario(SCENARIO, _window(horizon), warn=False)
     routers = [
         "jsq",
         _probing_jsq("jsq+empty events", "nothing"),
